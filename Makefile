@@ -1,0 +1,30 @@
+# Set-up and the two jobs the README opens with. `make train` and `make test` create the virtual
+# environment on first use, with the pinned torch/torchvision from constraints.txt.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: train test lint bench clean
+
+$(STAMP): pyproject.toml constraints.txt
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+train: $(STAMP)
+	$(PY) train.py
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports
+
+test: lint
+	OMP_NUM_THREADS=1 $(PY) -m pytest
+
+bench: $(STAMP)
+	$(PY) bench/train_speed.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .ruff_cache

@@ -1,0 +1,197 @@
+"""Construct everything a training run needs from a TrainConfig and a DistEnv.
+
+Builders build; the trainer only runs what they return. Rank-dependent work goes through the
+``dist`` helpers: files shared by a node (the built-in dataset, label caches) are made by the local
+main rank first, while the other ranks wait without holding a collective open.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from yolodist.config.io import load_hyp
+from yolodist.config.schema import Hyp, TrainConfig
+from yolodist.data.dataset import YoloDataset
+from yolodist.data.loader import build_loader
+from yolodist.data.sampler import ShardedBatchSampler
+from yolodist.data.spec import DataSpec, load_data_spec
+from yolodist.dist import collectives, parallel
+from yolodist.dist.env import DistEnv
+from yolodist.dist.scope import main_first
+from yolodist.engine import autoanchor
+from yolodist.engine.checkpoint import load_checkpoint, transfer_weights
+from yolodist.engine.ema import ModelEMA
+from yolodist.engine.loss import YoloLoss, reduce_loss
+from yolodist.engine.optim import accumulate_steps, build_optimizer, lr_lambda, scaled_weight_decay
+from yolodist.errors import BadCheckpoint
+from yolodist.models import Model
+
+LOGGER = logging.getLogger(__name__)
+
+
+@dataclass
+class DataParts:
+    spec: DataSpec
+    names: list[str]
+    train_set: YoloDataset
+    train_sampler: ShardedBatchSampler
+    train_loader: torch.utils.data.DataLoader
+    val_loader: torch.utils.data.DataLoader | None
+
+
+@dataclass
+class OptimParts:
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    lr_fn: object
+    accumulate: int
+    scaler: torch.amp.GradScaler
+
+
+def resolve_weights(weights: str) -> Path:
+    path = Path(weights)
+    if path.is_file():
+        return path
+    hint = ""
+    if path.suffix == ".pt" and path.parent == Path("."):
+        hint = (
+            f" Pretrained files are published at https://github.com/ultralytics/yolov5/releases (e.g. v7.0/{path.name}):"
+            f" download it and pass its path, or train from scratch with --cfg {path.stem}.yaml --weights ''."
+        )
+    raise BadCheckpoint(f"weights file {weights!r} not found.{hint}")
+
+
+def build_model(cfg: TrainConfig, hyp: Hyp, nc: int, names: list[str], ckpt: dict | None) -> Model:
+    """The model from --cfg or the checkpoint's own cfg, with matching checkpoint tensors transferred."""
+    model_cfg = cfg.cfg or (ckpt or {}).get("yaml")
+    if not model_cfg:
+        raise BadCheckpoint(f"{cfg.weights} holds no model description; give --cfg as well")
+    anchors = round(hyp.anchors) if hyp.anchors else None
+    model = Model(model_cfg, ch=3, nc=nc, anchors=anchors)
+    model.names = list(names)
+    if ckpt is not None:
+        resuming = bool(cfg.resume)
+        exclude = ["anchor"] if (cfg.cfg or hyp.anchors) and not resuming else []
+        state = {k: v.float() if v.is_floating_point() else v for k, v in ckpt["model"].items()}
+        done, total = transfer_weights(model, state, exclude=exclude)
+        LOGGER.info(f"Transferred {done}/{total} items from {cfg.weights}")
+    return model
+
+
+def load_start_checkpoint(cfg: TrainConfig) -> dict | None:
+    if cfg.weights:
+        return load_checkpoint(resolve_weights(cfg.weights))
+    return None
+
+
+def freeze_layers(model: nn.Module, freeze: tuple[int, ...]) -> None:
+    """``--freeze 10`` freezes layers 0..9; ``--freeze 0 1 2`` freezes exactly those layers."""
+    indices = range(freeze[0]) if len(freeze) == 1 else freeze
+    prefixes = tuple(f"model.{i}." for i in indices)
+    for name, param in model.named_parameters():
+        param.requires_grad = not name.startswith(prefixes) if prefixes else True
+    if prefixes:
+        LOGGER.info(f"Freezing layers {list(indices)}")
+
+
+def check_anchors(model: Model, dataset: YoloDataset, hyp: Hyp, cfg: TrainConfig) -> None:
+    """AutoAnchor. Every rank computes the same result from the same seed, so no rank waits on another."""
+    detect = model.detect
+    new = autoanchor.check_anchors(
+        dataset.labels, dataset.shapes, detect.anchors.clone(), detect.stride, thr=hyp.anchor_t,
+        img_size=cfg.imgsz, rng=np.random.default_rng(cfg.seed),
+    )
+    if new is not None:
+        detect.anchors[:] = new.to(detect.anchors)
+
+
+def load_spec(cfg: TrainConfig, env: DistEnv) -> tuple[DataSpec, list[str]]:
+    """The dataset description and the class names training uses (one class with --single-cls)."""
+    with main_first(env, local=True, name="dataset-yaml"):
+        spec = load_data_spec(cfg.data)
+    names = ["item"] if cfg.single_cls and len(spec.names) != 1 else list(spec.names)
+    return spec, names
+
+
+def build_data(cfg: TrainConfig, env: DistEnv, hyp: Hyp, stride: int, spec: DataSpec, names: list[str]) -> DataParts:
+    common = {"stride": stride, "single_cls": cfg.single_cls, "cache_images": cfg.cache, "seed": cfg.seed,
+              "nc": spec.nc, "workers": cfg.workers}
+    with main_first(env, local=True, name="train-labels"):
+        train_set = YoloDataset(spec.train, cfg.imgsz, augment=True, hyp=hyp, rect=cfg.rect,
+                                batch_size=cfg.batch_size, prefix="train: ", **common)
+    sampler = ShardedBatchSampler(len(train_set), cfg.batch_size, rank=env.rank, world=env.world_size,
+                                  seed=cfg.seed, shuffle=not cfg.rect)
+    train_loader = build_loader(train_set, sampler, workers=cfg.workers)
+    val_loader = None
+    if spec.val:
+        val_batch = cfg.batch_size * 2
+        with main_first(env, local=True, name="val-labels"):
+            val_set = YoloDataset(spec.val, cfg.imgsz, augment=False, hyp=hyp, rect=True, batch_size=val_batch,
+                                  pad=0.5, prefix="val: ", **common)
+        val_sampler = ShardedBatchSampler(len(val_set), val_batch, rank=env.rank, world=env.world_size,
+                                          seed=cfg.seed, shuffle=False)
+        val_loader = build_loader(val_set, val_sampler, workers=cfg.workers)
+    return DataParts(spec, names, train_set, sampler, train_loader, val_loader)
+
+
+def build_optim(model: nn.Module, cfg: TrainConfig, hyp: Hyp, device: torch.device) -> OptimParts:
+    accumulate = accumulate_steps(cfg.batch_size, nbs=cfg.nbs)
+    decay = scaled_weight_decay(hyp.weight_decay, cfg.batch_size, accumulate, nbs=cfg.nbs)
+    optimizer = build_optimizer(model, cfg.optimizer, hyp.lr0, hyp.momentum, decay)
+    lr_fn = lr_lambda(cfg.epochs, hyp.lrf, cfg.cos_lr)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda=lr_fn)
+    scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda")
+    return OptimParts(optimizer, scheduler, lr_fn, accumulate, scaler)
+
+
+class LossFn:
+    """The YOLOv5 loss bound to a model's head, plus the validation-loss view of it."""
+
+    def __init__(self, model: Model, nc: int, hyp: Hyp, cfg: TrainConfig) -> None:
+        hyp = hyp.replace(label_smoothing=cfg.label_smoothing) if cfg.label_smoothing else hyp
+        self.loss = YoloLoss(model.detect.anchors, nc, hyp, img_size=cfg.imgsz)
+
+    def __call__(self, preds, targets):
+        return self.loss(preds, targets)
+
+    @property
+    def weights(self) -> torch.Tensor:
+        return self.loss.weights
+
+    def items(self, preds, targets) -> torch.Tensor:
+        """Per-component (box, obj, cls) loss of one batch, normalised by its own counts."""
+        terms = self.loss(preds, targets)
+        return reduce_loss(terms, terms.counts, self.loss.weights, batch_size=1)[1]
+
+
+def load_hyp_for(cfg: TrainConfig) -> Hyp:
+    return load_hyp(cfg.hyp)
+
+
+def wrap_model(model: nn.Module, env: DistEnv, cfg: TrainConfig) -> nn.Module:
+    return parallel.wrap(model, env, sync_bn=cfg.sync_bn)
+
+
+def make_ema(model: nn.Module, ckpt: dict | None) -> ModelEMA:
+    ema = ModelEMA(model)
+    if ckpt is not None and ckpt.get("ema"):
+        ema.ema.load_state_dict(ckpt["ema"])
+        ema.updates = int(ckpt.get("updates", 0))
+    return ema
+
+
+def warmup_iterations(cfg: TrainConfig, hyp: Hyp, steps_per_epoch: int) -> int:
+    """Warm-up length as upstream: warmup_epochs, at least min_warmup_iters, at most half the run."""
+    iters = max(round(hyp.warmup_epochs * steps_per_epoch), cfg.min_warmup_iters) if hyp.warmup_epochs else 0
+    return int(min(iters, math.ceil(cfg.epochs * steps_per_epoch / 2)))
+
+
+def broadcast_run_dir(path: Path | None, env: DistEnv) -> Path:
+    return Path(collectives.broadcast_object(str(path) if path else None, env))

@@ -1,0 +1,18 @@
+"""Entry into a training run: read the launch topology, check the flags against it, run the recipe."""
+
+from __future__ import annotations
+
+from yolodist.config.schema import TrainConfig
+from yolodist.dist import env as dist_env
+from yolodist.dist.session import session
+from yolodist.engine.trainer import fit
+from yolodist.utils.log import setup_logging
+
+
+def train(cfg: TrainConfig) -> int:
+    env = dist_env.detect(cfg.device, cfg.local_rank)
+    setup_logging(env.rank)
+    cfg.check_world(env.world_size)
+    with session(env, cfg.dist_timeout):
+        fit(cfg, env)
+    return 0

@@ -1,0 +1,188 @@
+"""The training recipe: build, then for each epoch train, validate, save, report."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from yolodist.config.io import dump_yaml
+from yolodist.config.schema import Hyp, TrainConfig
+from yolodist.dist import collectives
+from yolodist.dist.env import DistEnv
+from yolodist.engine import build, resume
+from yolodist.engine.checkpoint import build_checkpoint, save_checkpoint
+from yolodist.engine.optim import warmup
+from yolodist.engine.report import MainReporter, NullReporter
+from yolodist.engine.step import StepContext, train_step
+from yolodist.eval.validator import ValResult, ValSettings, validate
+from yolodist.utils.io import atomic_write_text, cleanup_stale_tmp
+from yolodist.utils.log import colorstr
+from yolodist.utils.paths import increment_path
+from yolodist.utils.seed import rng_for, seed_everything
+
+LOGGER = logging.getLogger(__name__)
+LOG_EVERY = 10  # steps between loss synchronisations (the only host-device syncs of an epoch)
+
+
+@dataclass
+class FitResult:
+    save_dir: Path
+    epochs_run: int
+    best_fitness: float
+    final: ValResult
+
+
+class EarlyStopping:
+    def __init__(self, patience: int) -> None:
+        self.patience = patience or float("inf")
+        self.best_fitness = -1.0
+        self.best_epoch = 0
+
+    def __call__(self, epoch: int, fitness: float) -> bool:
+        if fitness >= self.best_fitness:
+            self.best_epoch, self.best_fitness = epoch, fitness
+        stop = epoch - self.best_epoch >= self.patience
+        if stop:
+            LOGGER.info(f"Stopping training early: no improvement in the last {self.patience} epochs "
+                        f"(best epoch {self.best_epoch}); change --patience to train longer.")
+        return stop
+
+
+def prepare_run_dir(cfg: TrainConfig, env: DistEnv, resume_dir: Path | None) -> Path:
+    """Rank 0 picks (and creates) the run directory; every rank learns it."""
+    path = None
+    if env.is_main:
+        path = resume_dir or increment_path(Path(cfg.project) / cfg.name, exist_ok=cfg.exist_ok, mkdir=True)
+        (path / "weights").mkdir(parents=True, exist_ok=True)
+        cleanup_stale_tmp(path / "weights")
+    return build.broadcast_run_dir(path, env)
+
+
+def multi_scale_size(cfg: TrainConfig, epoch: int, step: int, stride: int) -> int:
+    """The same random size on every rank in the same step: keyed by (seed, epoch, step), not by rank."""
+    rng = rng_for(cfg.seed, epoch, 1_000_000_000 + step)
+    size = rng.uniform(cfg.imgsz * 0.5, cfg.imgsz * 1.5 + stride)
+    return max(int(size // stride * stride), stride)
+
+
+def fit(cfg: TrainConfig, env: DistEnv) -> FitResult:  # noqa: PLR0915 - the recipe, read top to bottom
+    seed_everything(cfg.seed, cfg.deterministic)
+    ckpt, resume_dir = resume.load_start(cfg)
+    if ckpt is not None and cfg.resume:
+        cfg = resume.restore_config(cfg, ckpt)
+    hyp = Hyp.from_dict(ckpt["hyp"]) if cfg.resume else build.load_hyp_for(cfg)
+    save_dir = prepare_run_dir(cfg, env, resume_dir)
+    if env.is_main:
+        atomic_write_text(save_dir / "hyp.yaml", dump_yaml(hyp.to_dict()))
+        atomic_write_text(save_dir / "opt.yaml", dump_yaml(cfg.to_dict()))
+        LOGGER.info(colorstr("hyperparameters: ") + ", ".join(f"{k}={v}" for k, v in hyp.to_dict().items()))
+
+    # The model's grid size is needed by the data pipeline; build the model first.
+    spec, names = build.load_spec(cfg, env)
+    model = build.build_model(cfg, hyp, len(names), names, ckpt)
+    stride = max(int(model.stride.max()), 32)
+    data = build.build_data(cfg, env, hyp, stride, spec, names)
+    if not cfg.noautoanchor and not cfg.resume:
+        build.check_anchors(model, data.train_set, hyp, cfg)
+    model.info(imgsz=cfg.imgsz)
+    build.freeze_layers(model, cfg.freeze)
+    model.to(env.device)
+    optim = build.build_optim(model, cfg, hyp, env.device)
+    ema = build.make_ema(model, ckpt if cfg.resume else None)
+    start_epoch, best_fitness = resume.restore_training(cfg, ckpt, optim, ema)
+    net = build.wrap_model(model, env, cfg)
+    loss_fn = build.LossFn(model, len(data.names), hyp, cfg)
+    ctx = StepContext(net, model, loss_fn, optim.optimizer, optim.scaler, ema, env, cfg.batch_size,
+                      amp=env.device.type == "cuda")
+    reporter = MainReporter(save_dir, cfg.epochs, env.device) if env.is_main else NullReporter()
+    stopper = EarlyStopping(cfg.patience)
+    steps = len(data.train_loader)
+    warmup_iters = build.warmup_iterations(cfg, hyp, steps)
+    LOGGER.info(
+        f"Image sizes {cfg.imgsz} train, {cfg.imgsz} val; {env.world_size} process(es) x "
+        f"{cfg.batch_size // env.world_size} images; accumulating {optim.accumulate} batch(es) per step\n"
+        f"Logging results to {colorstr(str(save_dir), 'bold')}\nStarting training for {cfg.epochs} epochs..."
+    )
+    t0 = time.time()
+    result = ValResult()
+    epoch = start_epoch - 1
+    for epoch in range(start_epoch, cfg.epochs):
+        train_losses = train_one_epoch(ctx, data, cfg, hyp, optim, epoch, warmup_iters, reporter, stride)
+        lrs = [group["lr"] for group in optim.optimizer.param_groups]
+        optim.scheduler.step()
+        final_epoch = epoch + 1 == cfg.epochs
+        if data.val_loader is not None and (not cfg.noval or final_epoch):
+            result = validate(ema.ema, data.val_loader, env, data.names, ValSettings(single_cls=cfg.single_cls),
+                              loss_fn=loss_fn.items)
+            reporter.validation(result, per_class=final_epoch)
+        best_fitness = max(best_fitness, result.fitness)
+        reporter.results_row(epoch, train_losses, result, lrs)
+        stop = collectives.broadcast_object(stopper(epoch, result.fitness) if env.is_main else None, env)
+        if env.is_main and (not cfg.nosave or final_epoch or stop):
+            save_epoch(cfg, save_dir, epoch, model, ema, optim, best_fitness, result, hyp, data.names)
+        if stop:
+            break
+    if env.is_main:
+        hours = (time.time() - t0) / 3600
+        LOGGER.info(f"\n{epoch - start_epoch + 1} epochs completed in {hours:.3f} hours.\n"
+                    f"Results saved to {colorstr(str(save_dir), 'bold')}")
+    return FitResult(save_dir, epoch - start_epoch + 1, best_fitness, result)
+
+
+def train_one_epoch(  # noqa: PLR0913 - the pieces one epoch touches
+    ctx: StepContext, data, cfg: TrainConfig, hyp: Hyp, optim, epoch: int, warmup_iters: int, reporter, stride: int
+) -> list[float]:
+    ctx.net.train()
+    data.train_sampler.set_epoch(epoch)
+    steps = len(data.train_loader)
+    reporter.epoch_start(epoch, steps)
+    loss_sum = torch.zeros(3, device=ctx.env.device)
+    mean_losses = torch.zeros(3)
+    last_update, logged = -1, 0
+    for i, (imgs, targets, _paths, _shapes) in enumerate(data.train_loader):
+        global_step = i + steps * epoch
+        accumulate = optim.accumulate
+        if global_step <= warmup_iters:
+            accumulate = max(1, int(np.interp(global_step, [0, warmup_iters], [1, optim.accumulate]).round()))
+            warmup(optim.optimizer, global_step, warmup_iters, epoch, optim.lr_fn, hyp.warmup_bias_lr,
+                   hyp.momentum, hyp.warmup_momentum)
+        imgs = imgs.to(ctx.env.device, non_blocking=True).float() / 255
+        if cfg.multi_scale:
+            size = multi_scale_size(cfg, epoch, i, stride)
+            if size != imgs.shape[-1]:
+                scale = size / max(imgs.shape[2:])
+                new_shape = [max(round(x * scale / stride) * stride, stride) for x in imgs.shape[2:]]
+                imgs = F.interpolate(imgs, size=new_shape, mode="bilinear", align_corners=False)
+        # Accumulation windows end with the epoch, so an epoch-end checkpoint resumes exactly.
+        update = i - last_update >= accumulate or i == steps - 1
+        loss_sum += train_step(ctx, imgs, targets.to(ctx.env.device), update)
+        if update:
+            last_update = i
+        if (i + 1) % LOG_EVERY == 0 or i == steps - 1:
+            mean_losses = collectives.all_reduce(loss_sum.clone(), ctx.env, op="sum").cpu() / (i + 1)
+            reporter.step(mean_losses, int(targets.shape[0]), imgs.shape[-1], advance=i + 1 - logged)
+            logged = i + 1
+    reporter.epoch_end()
+    return mean_losses.tolist()
+
+
+def save_epoch(cfg: TrainConfig, save_dir: Path, epoch: int, model, ema, optim, best_fitness: float,
+               result: ValResult, hyp: Hyp, names: list[str]) -> None:
+    ckpt = build_checkpoint(
+        model_state=model.state_dict(), ema_state=ema.ema.state_dict(), ema_updates=ema.updates,
+        optimizer_state=optim.optimizer.state_dict(), epoch=epoch, best_fitness=best_fitness,
+        opt=cfg.to_dict(), yaml=model.yaml, names=names, hyp=hyp.to_dict(),
+        extra={"scaler": optim.scaler.state_dict(), "fitness": result.fitness},
+    )
+    weights = save_dir / "weights"
+    save_checkpoint(ckpt, weights / "last.pt")
+    if result.fitness >= best_fitness:
+        save_checkpoint(ckpt, weights / "best.pt", keep_previous=False)
+    if cfg.save_period > 0 and epoch % cfg.save_period == 0:
+        save_checkpoint(ckpt, weights / f"epoch{epoch}.pt", keep_previous=False)

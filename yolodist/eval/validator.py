@@ -1,0 +1,171 @@
+"""Validation: run the model on this rank's shard, gather per-image statistics, compute metrics.
+
+Every rank validates its own shard of the validation set; the per-image statistics are gathered to
+rank 0, de-duplicated by image (the last batch is padded by repeating images) and turned into
+metrics there. With one process this is ordinary validation. The result is identical either way.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from yolodist.dist import collectives
+from yolodist.dist.env import DistEnv
+from yolodist.eval.metrics import ap_per_class, match_predictions
+from yolodist.ops.boxes import scale_boxes, xywh2xyxy
+from yolodist.ops.nms import non_max_suppression
+
+LOGGER = logging.getLogger(__name__)
+IOU_THRESHOLDS = torch.linspace(0.5, 0.95, 10)
+
+
+@dataclass
+class ValResult:
+    """Overall and per-class validation metrics (P, R, mAP@0.5, mAP@0.5:0.95) and mean losses."""
+
+    precision: float = 0.0
+    recall: float = 0.0
+    map50: float = 0.0
+    map: float = 0.0
+    losses: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    images: int = 0
+    instances: int = 0
+    per_class: list[dict] = field(default_factory=list)
+    maps: np.ndarray | None = None  # mAP@0.5:0.95 per class index (overall mAP for absent classes)
+    speed_ms: tuple[float, float, float] = (0.0, 0.0, 0.0)  # pre-process, inference, NMS per image
+
+    @property
+    def fitness(self) -> float:
+        return 0.1 * self.map50 + 0.9 * self.map
+
+
+@dataclass(frozen=True)
+class ValSettings:
+    conf_thres: float = 0.001
+    iou_thres: float = 0.6
+    max_det: int = 300
+    single_cls: bool = False
+    half: bool = False
+
+
+def _image_stats(pred: torch.Tensor, labels: torch.Tensor, img_shape, shape_info) -> tuple:
+    """Per-image (correct [n, 10], conf, pred_cls, target_cls) in original-image pixels.
+
+    ``labels`` are [m, 5] (cls, cx, cy, w, h) normalised to the network input of ``img_shape`` (h, w).
+    """
+    (h0, w0), ratio_pad = shape_info
+    height, width = img_shape
+    target_cls = labels[:, 0]
+    if pred.shape[0] == 0:
+        return torch.zeros(0, len(IOU_THRESHOLDS), dtype=torch.bool), torch.zeros(0), torch.zeros(0), target_cls
+    pred_native = pred.clone()
+    scale_boxes((height, width), pred_native[:, :4], (h0, w0), ratio_pad)
+    if labels.shape[0]:
+        boxes = xywh2xyxy(labels[:, 1:5]) * torch.tensor([width, height, width, height], dtype=labels.dtype)
+        scale_boxes((height, width), boxes, (h0, w0), ratio_pad)
+        correct = match_predictions(pred_native, torch.cat([labels[:, :1], boxes], 1), IOU_THRESHOLDS)
+    else:
+        correct = torch.zeros(pred.shape[0], len(IOU_THRESHOLDS), dtype=torch.bool)
+    return correct, pred[:, 4], pred[:, 5], target_cls
+
+
+@torch.no_grad()
+def validate(  # noqa: PLR0913 - the inputs of one validation pass
+    model: nn.Module,
+    loader,
+    env: DistEnv,
+    names: list[str],
+    settings: ValSettings = ValSettings(),
+    loss_fn=None,
+) -> ValResult:
+    """Validate ``model`` (eval mode, returns (decoded, raw)) on this rank's shard of ``loader``.
+
+    ``loss_fn(raw_maps, targets) -> Tensor[3]`` (box, obj, cls), when given, adds validation losses.
+
+    Every rank must call this (it gathers); only rank 0's result holds the metrics.
+    """
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    dtype = torch.float16 if settings.half and device.type == "cuda" else torch.float32
+    stats: dict[str, tuple] = {}
+    loss_sum = torch.zeros(3, device=device)
+    batches = 0
+    times = np.zeros(3)
+    for imgs, targets, paths, shapes in loader:
+        t0 = time.perf_counter()
+        imgs = imgs.to(device, non_blocking=True).to(dtype) / 255
+        targets = targets.to(device)
+        t1 = time.perf_counter()
+        decoded, raw = model(imgs)
+        t2 = time.perf_counter()
+        if loss_fn is not None:
+            loss_sum += loss_fn([r.float() for r in raw], targets)
+        batches += 1
+        preds = non_max_suppression(
+            decoded.float(), settings.conf_thres, settings.iou_thres, multi_label=True,
+            agnostic=settings.single_cls, max_det=settings.max_det,
+        )
+        t3 = time.perf_counter()
+        times += (t1 - t0, t2 - t1, t3 - t2)
+        targets = targets.cpu()
+        for i, pred in enumerate(preds):
+            labels = targets[targets[:, 0] == i, 1:]
+            if settings.single_cls:
+                pred[:, 5] = 0
+            stats[paths[i]] = _image_stats(pred.cpu(), labels, imgs.shape[2:], shapes[i])
+    model.train(was_training)
+
+    gathered = collectives.all_gather_object((stats, loss_sum.cpu(), batches, times), env)
+    if not env.is_main:
+        return ValResult()
+    merged: dict[str, tuple] = {}
+    for rank_stats, *_ in gathered:
+        merged.update(rank_stats)  # padded repeats of the same image collapse here
+    total_batches = sum(g[2] for g in gathered)
+    losses = sum(g[1] for g in gathered) / max(total_batches, 1)
+    speed = sum(g[3] for g in gathered) / max(len(merged), 1) * 1e3
+    return _metrics(merged, names, tuple(losses.tolist()), tuple(speed.tolist()))
+
+
+def _metrics(stats: dict[str, tuple], names: list[str], losses: tuple, speed: tuple) -> ValResult:
+    nc = len(names)
+    result = ValResult(losses=losses, images=len(stats), speed_ms=speed, maps=np.zeros(nc))
+    if not stats:
+        return result
+    correct, conf, pred_cls, target_cls = (torch.cat(x, 0).numpy() for x in zip(*stats.values(), strict=True))
+    result.instances = int(target_cls.shape[0])
+    if not correct.shape[0] or not correct.any():
+        return result
+    ap = ap_per_class(correct, conf, pred_cls, target_cls)
+    ap50, ap_all = ap.ap[:, 0], ap.ap.mean(1)
+    result.precision, result.recall = float(ap.p.mean()), float(ap.r.mean())
+    result.map50, result.map = float(ap50.mean()), float(ap_all.mean())
+    result.maps = np.full(nc, result.map)
+    counts = np.bincount(target_cls.astype(int), minlength=nc)
+    for k, c in enumerate(ap.classes.astype(int)):
+        result.maps[c] = ap_all[k]
+        result.per_class.append(
+            {"name": names[c] if c < nc else str(c), "instances": int(counts[c]), "precision": float(ap.p[k]),
+             "recall": float(ap.r[k]), "map50": float(ap50[k]), "map": float(ap_all[k])}
+        )
+    return result
+
+
+def format_table(result: ValResult, per_class: bool) -> str:
+    """The metrics table as upstream prints it."""
+    header = ("%22s" + "%11s" * 6) % ("Class", "Images", "Instances", "P", "R", "mAP50", "mAP50-95")
+    row = "%22s" + "%11i" * 2 + "%11.3g" * 4
+    lines = [header, row % ("all", result.images, result.instances, result.precision, result.recall, result.map50,
+                             result.map)]
+    if per_class:
+        for c in result.per_class:
+            lines.append(row % (c["name"], result.images, c["instances"], c["precision"], c["recall"], c["map50"],
+                                c["map"]))
+    return "\n".join(lines)

@@ -1,0 +1,1 @@
+"""Pure tensor maths shared by the loss, evaluation and inference."""

@@ -1,0 +1,1 @@
+"""Small, named helpers shared across the package."""
