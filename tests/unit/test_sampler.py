@@ -1,0 +1,91 @@
+"""ShardedBatchSampler: ranks simulated in one process (STYLE habit 5)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from yolodist.data.loader import collate, num_workers
+from yolodist.data.sampler import ShardedBatchSampler
+
+
+def all_ranks(n, batch, world, **kw):
+    return [ShardedBatchSampler(n, batch, rank=r, world=world, **kw) for r in range(world)]
+
+
+@pytest.mark.parametrize("n", [11, 12, 24, 5])
+@pytest.mark.parametrize("world", [1, 2, 3])
+def test_union_of_rank_slices_is_the_world1_batch(n, world):
+    batch = 6
+    single = list(ShardedBatchSampler(n, batch, seed=3))
+    ranks = [list(s) for s in all_ranks(n, batch, world, seed=3)]
+    assert {len(r) for r in ranks} == {len(single)}  # same number of steps everywhere
+    for k, global_batch in enumerate(single):
+        merged = [item for r in ranks for item in r[k]]  # rank order = contiguous slices
+        assert merged == global_batch
+        assert all(len(r[k]) == batch // world for r in ranks)
+
+
+@pytest.mark.parametrize("world", [1, 2, 3])
+def test_every_index_each_epoch_and_epochs_differ(world):
+    n, batch = 23, 6
+    samplers = all_ranks(n, batch, world, seed=0)
+    orders = []
+    for epoch in (0, 1):
+        seen = []
+        for s in samplers:
+            s.set_epoch(epoch)
+            for b in s:
+                assert {e for e, _ in b} == {epoch}
+                seen += [i for _, i in b]
+        assert set(seen) == set(range(n))
+        assert len(seen) == len(samplers[0]) * batch  # padded to whole global batches
+        orders.append(seen)
+    assert orders[0] != orders[1]
+
+
+def test_same_seed_same_order_and_shuffle_off_is_arange():
+    a, b = ShardedBatchSampler(10, 2, seed=7), ShardedBatchSampler(10, 2, seed=7)
+    assert list(a) == list(b) and list(a) != list(ShardedBatchSampler(10, 2, seed=8))
+    plain = [i for batch in ShardedBatchSampler(10, 4, shuffle=False) for _, i in batch]
+    assert plain[:10] == list(range(10))
+
+
+def test_drop_last_and_padding():
+    assert len(ShardedBatchSampler(10, 4, drop_last=True)) == 2
+    assert len(ShardedBatchSampler(10, 4)) == 3
+    assert len(ShardedBatchSampler(3, 4, drop_last=True)) == 0
+    s = ShardedBatchSampler(10, 4, shuffle=False, rank=1, world=2)
+    assert [i for _, i in list(s)[-1]] == [8, 9]  # positions 2, 3 of the padded batch [8, 9, 8, 9]
+    assert s.pad_mask(2) == [True, True] and s.pad_mask(0) == [False, False]
+    assert ShardedBatchSampler(10, 4, shuffle=False, rank=0, world=2).pad_mask(2) == [False, False]
+
+
+@pytest.mark.parametrize("world", [1, 2, 4])
+def test_rect_batches_stay_inside_one_dataset_batch(world):
+    n, batch = 13, 4  # the last dataset batch holds only index 12
+    for s in all_ranks(n, batch, world, shuffle=False):
+        for k, b in enumerate(s):
+            assert {i // batch for _, i in b} == {k}
+
+
+def test_bad_batch_or_rank():
+    with pytest.raises(ValueError, match="multiple"):
+        ShardedBatchSampler(10, 5, world=2)
+    with pytest.raises(ValueError, match="rank"):
+        ShardedBatchSampler(10, 4, rank=2, world=2)
+
+
+def test_collate_adds_image_index():
+    img = torch.zeros((3, 8, 8), dtype=torch.uint8)
+    lb = torch.tensor([[0, 1, 0.5, 0.5, 0.1, 0.1]])
+    batch = [(img, lb, "a", None), (img, torch.zeros((0, 6)), "b", None), (img, lb.repeat(2, 1), "c", None)]
+    imgs, targets, paths, shapes = collate(batch)
+    assert imgs.shape == (3, 3, 8, 8) and paths == ("a", "b", "c") and shapes == (None, None, None)
+    assert targets[:, 0].tolist() == [0, 2, 2] and targets.dtype == torch.float32
+    assert lb[0, 0] == 0  # inputs untouched
+
+
+def test_num_workers_is_capped():
+    assert num_workers(8, 1) == 0
+    assert num_workers(8, 2) <= 2 and num_workers(0, 16) == 0

@@ -1,0 +1,146 @@
+"""Geometric transforms of an image together with its boxes: letterbox, random perspective, flips.
+
+Images are HxWx3 uint8 BGR (cv2's order). Pixel-box labels are ``[n, 5]`` (cls, x1, y1, x2, y2);
+normalised labels are ``[n, 5]`` (cls, cx, cy, w, h) in 0..1. Randomness only from the ``rng`` passed in.
+"""
+
+from __future__ import annotations
+
+import math
+
+import cv2
+import numpy as np
+
+PAD_COLOR = (114, 114, 114)
+
+
+def letterbox(
+    img: np.ndarray,
+    new_shape: int | tuple[int, int] = 640,
+    color: tuple[int, int, int] = PAD_COLOR,
+    auto: bool = False,
+    scaleup: bool = True,
+    stride: int = 32,
+) -> tuple[np.ndarray, tuple[float, float], tuple[float, float]]:
+    """Resize keeping the aspect ratio and pad to ``new_shape`` (h, w).
+
+    Returns (image, (r, r), (dw, dh)) where dw/dh is the padding on EACH side (may be x.5; the left/top
+    pad is ``round(dw - 0.1)``). ``auto`` pads only to the next multiple of ``stride``; ``scaleup=False``
+    never enlarges (better validation mAP, as upstream).
+    """
+    shape = img.shape[:2]
+    if isinstance(new_shape, int):
+        new_shape = (new_shape, new_shape)
+    r = min(new_shape[0] / shape[0], new_shape[1] / shape[1])
+    if not scaleup:
+        r = min(r, 1.0)
+    new_unpad = round(shape[1] * r), round(shape[0] * r)  # (w, h)
+    dw, dh = new_shape[1] - new_unpad[0], new_shape[0] - new_unpad[1]
+    if auto:
+        dw, dh = dw % stride, dh % stride
+    dw, dh = dw / 2, dh / 2
+    if (shape[1], shape[0]) != new_unpad:
+        img = cv2.resize(img, new_unpad, interpolation=cv2.INTER_LINEAR)
+    # The -0.1/+0.1 split puts the odd pixel on the bottom/right, matching upstream exactly.
+    top, bottom = round(dh - 0.1), round(dh + 0.1)
+    left, right = round(dw - 0.1), round(dw + 0.1)
+    img = cv2.copyMakeBorder(img, top, bottom, left, right, cv2.BORDER_CONSTANT, value=color)
+    return img, (r, r), (dw, dh)
+
+
+def box_candidates(
+    box1: np.ndarray,
+    box2: np.ndarray,
+    wh_thr: float = 2,
+    ar_thr: float = 100,
+    area_thr: float = 0.1,
+    eps: float = 1e-16,
+) -> np.ndarray:
+    """Bool ``[n]``: which transformed boxes ``box2`` (``[4, n]`` xyxy) to keep given originals ``box1``.
+
+    A box survives if it is wider and taller than ``wh_thr`` px, keeps more than ``area_thr`` of its
+    (scaled) area and its aspect ratio stays under ``ar_thr``.
+    """
+    w1, h1 = box1[2] - box1[0], box1[3] - box1[1]
+    w2, h2 = box2[2] - box2[0], box2[3] - box2[1]
+    ar = np.maximum(w2 / (h2 + eps), h2 / (w2 + eps))
+    return (w2 > wh_thr) & (h2 > wh_thr) & (w2 * h2 / (w1 * h1 + eps) > area_thr) & (ar < ar_thr)
+
+
+def _affine_matrix(
+    in_shape: tuple[int, int], out_shape: tuple[int, int], rng: np.random.Generator, params: tuple
+) -> tuple[np.ndarray, float]:
+    """3x3 matrix: centre -> perspective -> rotate/scale -> shear -> translate; and the scale drawn."""
+    degrees, translate, scale, shear, perspective = params
+    height, width = out_shape
+    c = np.eye(3)
+    c[0, 2], c[1, 2] = -in_shape[1] / 2, -in_shape[0] / 2  # move the image centre to the origin
+    p = np.eye(3)
+    p[2, 0], p[2, 1] = rng.uniform(-perspective, perspective), rng.uniform(-perspective, perspective)
+    rot = np.eye(3)
+    a, s = rng.uniform(-degrees, degrees), rng.uniform(1 - scale, 1 + scale)
+    rot[:2] = cv2.getRotationMatrix2D(center=(0, 0), angle=a, scale=s)
+    sh = np.eye(3)
+    sh[0, 1] = math.tan(rng.uniform(-shear, shear) * math.pi / 180)
+    sh[1, 0] = math.tan(rng.uniform(-shear, shear) * math.pi / 180)
+    t = np.eye(3)
+    t[0, 2] = rng.uniform(0.5 - translate, 0.5 + translate) * width
+    t[1, 2] = rng.uniform(0.5 - translate, 0.5 + translate) * height
+    return t @ sh @ rot @ p @ c, s  # order matters: the right-most is applied first
+
+
+def random_perspective(  # noqa: PLR0913 (upstream's argument list, kept for familiarity)
+    img: np.ndarray,
+    labels: np.ndarray,
+    rng: np.random.Generator,
+    degrees: float = 10,
+    translate: float = 0.1,
+    scale: float = 0.1,
+    shear: float = 10,
+    perspective: float = 0.0,
+    border: tuple[int, int] = (0, 0),
+) -> tuple[np.ndarray, np.ndarray]:
+    """Random rotation, scale, shear, translation and perspective of an image and its pixel boxes.
+
+    ``labels``: ``[n, 5]`` (cls, x1, y1, x2, y2) in pixels of ``img``. The output is
+    ``img.shape + 2 * border`` (so ``border=(-s/2, -s/2)`` turns a 2s mosaic into s). Boxes are
+    transformed by their four corners, clipped, and filtered with ``box_candidates``.
+    """
+    height, width = img.shape[0] + border[0] * 2, img.shape[1] + border[1] * 2
+    params = (degrees, translate, scale, shear, perspective)
+    m, s = _affine_matrix(img.shape[:2], (height, width), rng, params)
+    if border[0] or border[1] or (m != np.eye(3)).any():
+        if perspective:
+            img = cv2.warpPerspective(img, m, dsize=(width, height), borderValue=PAD_COLOR)
+        else:
+            img = cv2.warpAffine(img, m[:2], dsize=(width, height), borderValue=PAD_COLOR)
+    labels = np.asarray(labels, dtype=np.float64).reshape(-1, 5)
+    n = len(labels)
+    if not n:
+        return img, labels.astype(np.float32)
+    xy = np.ones((n * 4, 3))
+    xy[:, :2] = labels[:, [1, 2, 3, 4, 1, 4, 3, 2]].reshape(n * 4, 2)  # corners x1y1, x2y2, x1y2, x2y1
+    xy = xy @ m.T
+    xy = (xy[:, :2] / xy[:, 2:3] if perspective else xy[:, :2]).reshape(n, 8)
+    x, y = xy[:, [0, 2, 4, 6]], xy[:, [1, 3, 5, 7]]
+    new = np.stack([x.min(1), y.min(1), x.max(1), y.max(1)], axis=1)
+    new[:, [0, 2]] = new[:, [0, 2]].clip(0, width)
+    new[:, [1, 3]] = new[:, [1, 3]].clip(0, height)
+    keep = box_candidates(labels[:, 1:5].T * s, new.T, area_thr=0.10)
+    out = labels[keep]
+    out[:, 1:5] = new[keep]
+    return img, out.astype(np.float32)
+
+
+def fliplr(img: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mirror left-right; ``labels`` normalised ``[n, 5]`` (cls, cx, cy, w, h). Returns new arrays."""
+    labels = labels.copy()
+    labels[:, 1] = 1 - labels[:, 1]
+    return np.ascontiguousarray(img[:, ::-1]), labels
+
+
+def flipud(img: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mirror top-bottom; ``labels`` normalised ``[n, 5]`` (cls, cx, cy, w, h). Returns new arrays."""
+    labels = labels.copy()
+    labels[:, 2] = 1 - labels[:, 2]
+    return np.ascontiguousarray(img[::-1]), labels

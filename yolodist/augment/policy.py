@@ -1,0 +1,118 @@
+"""Augmentation presets: what a training or validation sample goes through, composed from ``Hyp``.
+
+A preset is called with a sample index, a load function and the sample's rng, and returns
+(image HxWx3 uint8 BGR, labels float32 ``[n, 5]`` (cls, cx, cy, w, h) normalised to that image,
+shapes) where shapes is ((h0, w0), ((h / h0, w / w0), (padw, padh))) for rescaling predictions to the
+original image, or ``None`` for a mosaic. ``load_fn(i)`` returns (image resized so its long side is
+``img_size``, labels ``[n, 5]`` cls+xywhn, (h0, w0) original shape).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from yolodist.augment.color import augment_hsv
+from yolodist.augment.geometry import fliplr, flipud, letterbox, random_perspective
+from yolodist.augment.mosaic import LoadFn, mixup, mosaic4
+from yolodist.ops.boxes import xywhn2xyxy, xyxy2xywhn
+
+if TYPE_CHECKING:
+    from yolodist.config.schema import Hyp
+
+Shapes = tuple[tuple[int, int], tuple[tuple[float, float], tuple[float, float]]]
+Sample = tuple[np.ndarray, np.ndarray, Shapes | None]
+
+
+def _letterboxed(
+    loaded: tuple, shape: tuple[int, int], scaleup: bool
+) -> tuple[np.ndarray, np.ndarray, Shapes]:
+    """Letterbox one loaded sample; labels come back as pixel (cls, x1, y1, x2, y2)."""
+    img, labels, (h0, w0) = loaded[0], loaded[1], loaded[2]
+    h, w = img.shape[:2]
+    img, (r, _), (dw, dh) = letterbox(img, shape, auto=False, scaleup=scaleup)
+    px = np.asarray(labels, dtype=np.float32).reshape(-1, 5).copy()
+    if len(px):
+        px[:, 1:] = xywhn2xyxy(px[:, 1:], r * w, r * h, dw, dh)
+    shapes = ((h0, w0), ((h * r / h0, w * r / w0), (dw, dh)))
+    return img, px, shapes
+
+
+def _normalised(img: np.ndarray, px: np.ndarray) -> np.ndarray:
+    out = np.asarray(px, dtype=np.float32).reshape(-1, 5).copy()
+    if len(out):
+        out[:, 1:] = xyxy2xywhn(out[:, 1:], img.shape[1], img.shape[0], clip=True)
+    return out
+
+
+class ValAugment:
+    """Validation: letterbox to ``rect_shape`` (h, w), or to a square ``img_size``; never enlarges."""
+
+    def __init__(self, img_size: int, rect_shape: tuple[int, int] | None = None) -> None:
+        self.img_size = img_size
+        self.rect_shape = rect_shape
+
+    def __call__(
+        self,
+        index: int,
+        load_fn: LoadFn,
+        rng: np.random.Generator | None = None,
+        *,
+        n: int = 0,
+        shape: tuple[int, int] | None = None,
+    ) -> Sample:
+        """``shape`` (h, w), e.g. the rect batch shape, overrides the preset's shape for this sample."""
+        target = shape or self.rect_shape or (self.img_size, self.img_size)
+        img, px, shapes = _letterboxed(load_fn(index), target, scaleup=False)
+        return img, _normalised(img, px), shapes
+
+
+class TrainAugment:
+    """Training (upstream's recipe): mosaic (p=hyp.mosaic) + mixup (p=hyp.mixup), else letterbox;
+    random perspective; HSV jitter; up-down and left-right flips."""
+
+    def __init__(self, hyp: Hyp, img_size: int) -> None:
+        self.hyp = hyp
+        self.img_size = img_size
+
+    def _perspective(self, img: np.ndarray, px: np.ndarray, rng: np.random.Generator, border: int = 0):
+        h = self.hyp
+        return random_perspective(
+            img, px, rng, degrees=h.degrees, translate=h.translate, scale=h.scale, shear=h.shear,
+            perspective=h.perspective, border=(border, border),
+        )  # fmt: skip
+
+    def _mosaic(self, index: int, load_fn: LoadFn, rng: np.random.Generator, n: int) -> tuple:
+        indices = [index, *(int(i) for i in rng.integers(0, max(n, 1), 3))]
+        rng.shuffle(indices)  # so the requested sample is not always top-left
+        canvas, px = mosaic4(load_fn, indices, self.img_size, rng)
+        return self._perspective(canvas, px, rng, border=-(self.img_size // 2))
+
+    def __call__(
+        self,
+        index: int,
+        load_fn: LoadFn,
+        rng: np.random.Generator,
+        *,
+        n: int,
+        shape: tuple[int, int] | None = None,
+    ) -> Sample:
+        """``n``: dataset size (mosaic/mixup partners are drawn from it). ``shape`` (h, w): rect training
+        batch shape; when given, mosaic is off and the sample is letterboxed to it (upstream --rect)."""
+        hyp, shapes = self.hyp, None
+        if shape is None and rng.random() < hyp.mosaic:
+            img, px = self._mosaic(index, load_fn, rng, n)
+            if hyp.mixup and rng.random() < hyp.mixup:
+                img, px = mixup(img, px, *self._mosaic(int(rng.integers(0, max(n, 1))), load_fn, rng, n), rng)
+        else:
+            target = shape or (self.img_size, self.img_size)
+            img, px, shapes = _letterboxed(load_fn(index), target, scaleup=True)
+            img, px = self._perspective(img, px, rng)
+        labels = _normalised(img, px)
+        augment_hsv(img, rng, hyp.hsv_h, hyp.hsv_s, hyp.hsv_v)
+        if rng.random() < hyp.flipud:
+            img, labels = flipud(img, labels)
+        if rng.random() < hyp.fliplr:
+            img, labels = fliplr(img, labels)
+        return img, labels, shapes

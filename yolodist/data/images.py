@@ -1,0 +1,139 @@
+"""Image verification and decoding: every image becomes an HxWx3 uint8 BGR array, upright.
+
+Why PIL and not ``cv2.imread``: cv2 silently decodes a truncated JPEG as a grey-filled image and
+will happily decode a 20000x20000 "decompression bomb" into 1.2 GB. PIL raises on truncation when the
+full image is loaded, reports the size before decoding, and ``exif_transpose`` applies the camera
+orientation. Files are only ever read, never rewritten.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+LOGGER = logging.getLogger(__name__)
+
+IMG_FORMATS = ("bmp", "dng", "jpeg", "jpg", "mpo", "png", "tif", "tiff", "webp", "pfm")  # as upstream
+MAX_PIXELS = 89_478_485  # PIL's own warning threshold (about 9459 x 9459)
+MIN_SIDE = 10  # upstream refuses images with a side under 10 px
+
+# EXIF orientations 5..8 swap width and height.
+_SWAPPED_ORIENTATIONS = (5, 6, 7, 8)
+_EXIF_ORIENTATION_TAG = 0x0112
+
+
+class ImageReadError(OSError):
+    """An image that cannot be used; ``reason`` is a short key such as "truncated" or "too large"."""
+
+    def __init__(self, path: str | Path, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """Result of verifying one image: ``shape`` is (h, w) after EXIF orientation, (0, 0) if unusable."""
+
+    shape: tuple[int, int]
+    problem: str | None
+
+
+def _open(path: str | Path) -> Image.Image:
+    """Open (header only) and apply the size checks; raises ``ImageReadError``."""
+    try:
+        size = Path(path).stat().st_size
+    except OSError as e:
+        raise ImageReadError(path, "missing" if isinstance(e, FileNotFoundError) else "unreadable") from e
+    if size == 0:
+        raise ImageReadError(path, "zero-byte")
+    try:
+        # Above MAX_PIXELS PIL may also emit a DecompressionBombWarning; we refuse those images anyway.
+        # (warnings.catch_warnings is not thread-safe, and the scan runs in threads, so it is not muted.)
+        im = Image.open(path)
+    except Image.DecompressionBombError as e:
+        raise ImageReadError(path, "too large") from e
+    except UnidentifiedImageError as e:
+        raise ImageReadError(path, "not an image") from e
+    except OSError as e:
+        raise ImageReadError(path, "unreadable") from e
+    w, h = im.size
+    if w * h > MAX_PIXELS:
+        im.close()
+        raise ImageReadError(path, "too large")
+    if min(w, h) < MIN_SIDE:
+        im.close()
+        raise ImageReadError(path, "too small")
+    return im
+
+
+def _load_pixels(im: Image.Image, path: str | Path) -> None:
+    try:
+        im.load()
+    except OSError as e:
+        # Pillow says "image file is truncated" (or "broken data stream") for a cut-off file.
+        text = str(e).lower()
+        reason = "truncated" if "truncat" in text or "broken data" in text else "unreadable"
+        raise ImageReadError(path, reason) from e
+    except (ValueError, SyntaxError, MemoryError) as e:
+        raise ImageReadError(path, "unreadable") from e
+
+
+def _orientation(im: Image.Image) -> int:
+    try:
+        return int(im.getexif().get(_EXIF_ORIENTATION_TAG, 1))
+    except Exception:  # broken EXIF blocks must not make an otherwise good image unusable
+        return 1
+
+
+def verify_image(path: str | Path) -> ImageInfo:
+    """Fully decode ``path`` once (in memory) and return its upright shape or the reason it is unusable.
+
+    Reasons: "zero-byte", "not an image", "truncated", "too large", "too small", "unreadable", "missing".
+    """
+    try:
+        im = _open(path)
+    except ImageReadError as e:
+        return ImageInfo((0, 0), e.reason)
+    with im:
+        try:
+            _load_pixels(im, path)
+        except ImageReadError as e:
+            return ImageInfo((0, 0), e.reason)
+        w, h = im.size
+        if _orientation(im) in _SWAPPED_ORIENTATIONS:
+            w, h = h, w
+    return ImageInfo((h, w), None)
+
+
+def _to_rgb_array(im: Image.Image) -> np.ndarray:
+    """Any PIL mode -> HxWx3 uint8 RGB. 16/32-bit greys are scaled down, not clipped."""
+    if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        arr = np.asarray(im).astype(np.float64)
+        # 16-bit data is scaled 65535 -> 255 as cv2 does; data already in 0..255 stays as it is.
+        if arr.size and arr.max() > 255:
+            arr = arr / 257.0
+        grey = np.clip(np.rint(arr), 0, 255).astype(np.uint8)
+        return np.repeat(grey[..., None], 3, axis=2)
+    if im.mode != "RGB":
+        im = im.convert("RGB")  # L, LA, P, PA, RGBA, CMYK, YCbCr, 1 ...
+    return np.asarray(im, dtype=np.uint8)
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """Decode ``path`` to an upright HxWx3 uint8 **BGR** array (cv2's channel order).
+
+    Raises ``ImageReadError`` (an ``OSError``) with a short ``reason`` when the file is unusable.
+    """
+    im = _open(path)
+    with im:
+        _load_pixels(im, path)
+        try:
+            upright = ImageOps.exif_transpose(im) if _orientation(im) != 1 else im
+            rgb = _to_rgb_array(upright)
+        except (OSError, ValueError) as e:
+            raise ImageReadError(path, "unreadable") from e
+    return np.ascontiguousarray(rgb[..., ::-1])

@@ -1,0 +1,64 @@
+"""Batching: collate samples into tensors and build the DataLoader (worker count, seeding, persistence)."""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Sequence
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from yolodist.data.sampler import ShardedBatchSampler
+
+
+def collate(batch: Sequence[tuple]) -> tuple[torch.Tensor, torch.Tensor, tuple, tuple]:
+    """Samples (img uint8 ``[3, H, W]``, labels ``[n, 6]``, path, shapes) -> batch.
+
+    Returns (imgs uint8 ``[B, 3, H, W]``, targets float32 ``[N, 6]`` = (image index in batch, cls, cx,
+    cy, w, h), paths, shapes).
+    """
+    imgs, labels, paths, shapes = zip(*batch, strict=True)
+    targets = []
+    for i, lb in enumerate(labels):
+        lb = lb.clone()
+        lb[:, 0] = i  # which image of the batch each box belongs to
+        targets.append(lb)
+    return torch.stack(imgs, 0), torch.cat(targets, 0), tuple(paths), tuple(shapes)
+
+
+def seed_worker(worker_id: int) -> None:
+    """Seed a worker's process-level generators from torch's per-worker seed.
+
+    Sample augmentation does not use these (it uses ``rng_for(seed, epoch, index)``); this only keeps
+    stray library randomness distinct between workers. cv2 threads are turned off: workers already
+    run in parallel, and cv2's own pool oversubscribes the cores.
+    """
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
+    cv2.setNumThreads(0)
+
+
+def num_workers(requested: int, batch_per_rank: int) -> int:
+    """min(requested, CPU count, batch per rank) as upstream; 0 loads in the main process."""
+    cpus = os.cpu_count() or 1
+    return max(0, min(requested, cpus, batch_per_rank if batch_per_rank > 1 else 0))
+
+
+def build_loader(
+    dataset: Dataset, batch_sampler: ShardedBatchSampler, workers: int, pin_memory: bool = False
+) -> DataLoader:
+    """A DataLoader over ``batch_sampler`` with ``collate``; workers persist across epochs."""
+    nw = num_workers(workers, batch_sampler.per_rank)
+    return DataLoader(
+        dataset,
+        batch_sampler=batch_sampler,
+        num_workers=nw,
+        pin_memory=pin_memory,
+        collate_fn=collate,
+        worker_init_fn=seed_worker if nw else None,
+        persistent_workers=nw > 0,
+    )
