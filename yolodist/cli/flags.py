@@ -6,12 +6,20 @@ import argparse
 
 
 def add_device(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--device", default="", help="cuda device, i.e. 0 or 0,1,2,3 or cpu (default: first GPU, else CPU)")
+    parser.add_argument(
+        "--device", default="", help="cuda device, i.e. 0 or 0,1,2,3 or cpu (default: first GPU, else CPU)"
+    )
 
 
 def add_image_size(parser: argparse.ArgumentParser, default: int | None) -> None:
     parser.add_argument(
-        "--imgsz", "--img", "--img-size", dest="imgsz", type=int, default=default, help="train, val image size (pixels)"
+        "--imgsz",
+        "--img",
+        "--img-size",
+        dest="imgsz",
+        type=int,
+        default=default,
+        help="train, val image size (pixels)",
     )
 
 
@@ -23,7 +31,9 @@ def add_run_dir(parser: argparse.ArgumentParser, project: str) -> None:
 
 def add_local_rank(parser: argparse.ArgumentParser) -> None:
     # The legacy `python -m torch.distributed.launch` passes --local-rank=N (older torch: --local_rank).
-    parser.add_argument("--local-rank", "--local_rank", dest="local_rank", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--local-rank", "--local_rank", dest="local_rank", type=int, default=None, help=argparse.SUPPRESS
+    )
 
 
 class ArgumentParser(argparse.ArgumentParser):

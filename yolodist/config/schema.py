@@ -66,7 +66,9 @@ class Hyp:
             raise BadConfig(
                 f"{source}: unknown hyperparameter(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
             )
-        converted = {k: (float(v) if isinstance(v, int) and not isinstance(v, bool) else v) for k, v in values.items()}
+        converted = {
+            k: (float(v) if isinstance(v, int) and not isinstance(v, bool) else v) for k, v in values.items()
+        }
         return cls(**converted)
 
     def to_dict(self) -> dict:
@@ -139,9 +141,10 @@ class TrainConfig:
     def check_world(self, world_size: int) -> None:
         """Cross-field rules that need the launch topology; fail before any work is done."""
         if self.batch_size % world_size:
+            suggestion = max(world_size, self.batch_size // world_size * world_size)
             raise BadFlag(
                 f"--batch-size {self.batch_size} is the total batch over {world_size} processes and must be a "
-                f"multiple of {world_size}; try --batch-size {max(world_size, self.batch_size // world_size * world_size)}"
+                f"multiple of {world_size}; try --batch-size {suggestion}"
             )
 
     def to_dict(self) -> dict:
@@ -151,4 +154,3 @@ class TrainConfig:
 
     def replace(self, **changes: object) -> TrainConfig:
         return dataclasses.replace(self, **changes)
-

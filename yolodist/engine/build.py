@@ -15,6 +15,12 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+from yolodist.dist.env import DistEnv
+from yolodist.dist.scope import main_first
+from yolodist.engine.checkpoint import load_checkpoint, transfer_weights
+from yolodist.engine.ema import ModelEMA
+from yolodist.engine.loss import YoloLoss, reduce_loss
+from yolodist.engine.optim import accumulate_steps, build_optimizer, lr_lambda, scaled_weight_decay
 
 from yolodist.config.io import load_hyp
 from yolodist.config.schema import Hyp, TrainConfig
@@ -23,13 +29,7 @@ from yolodist.data.loader import build_loader
 from yolodist.data.sampler import ShardedBatchSampler
 from yolodist.data.spec import DataSpec, load_data_spec
 from yolodist.dist import collectives, parallel
-from yolodist.dist.env import DistEnv
-from yolodist.dist.scope import main_first
 from yolodist.engine import autoanchor
-from yolodist.engine.checkpoint import load_checkpoint, transfer_weights
-from yolodist.engine.ema import ModelEMA
-from yolodist.engine.loss import YoloLoss, reduce_loss
-from yolodist.engine.optim import accumulate_steps, build_optimizer, lr_lambda, scaled_weight_decay
 from yolodist.errors import BadCheckpoint
 from yolodist.models import Model
 
@@ -62,7 +62,8 @@ def resolve_weights(weights: str) -> Path:
     hint = ""
     if path.suffix == ".pt" and path.parent == Path("."):
         hint = (
-            f" Pretrained files are published at https://github.com/ultralytics/yolov5/releases (e.g. v7.0/{path.name}):"
+            " Pretrained files are published at https://github.com/ultralytics/yolov5/releases"
+            f" (e.g. v7.0/{path.name}):"
             f" download it and pass its path, or train from scratch with --cfg {path.stem}.yaml --weights ''."
         )
     raise BadCheckpoint(f"weights file {weights!r} not found.{hint}")
@@ -105,8 +106,13 @@ def check_anchors(model: Model, dataset: YoloDataset, hyp: Hyp, cfg: TrainConfig
     """AutoAnchor. Every rank computes the same result from the same seed, so no rank waits on another."""
     detect = model.detect
     new = autoanchor.check_anchors(
-        dataset.labels, dataset.shapes, detect.anchors.clone(), detect.stride, thr=hyp.anchor_t,
-        img_size=cfg.imgsz, rng=np.random.default_rng(cfg.seed),
+        dataset.labels,
+        dataset.shapes,
+        detect.anchors.clone(),
+        detect.stride,
+        thr=hyp.anchor_t,
+        img_size=cfg.imgsz,
+        rng=np.random.default_rng(cfg.seed),
     )
     if new is not None:
         detect.anchors[:] = new.to(detect.anchors)
@@ -120,23 +126,55 @@ def load_spec(cfg: TrainConfig, env: DistEnv) -> tuple[DataSpec, list[str]]:
     return spec, names
 
 
-def build_data(cfg: TrainConfig, env: DistEnv, hyp: Hyp, stride: int, spec: DataSpec, names: list[str]) -> DataParts:
-    common = {"stride": stride, "single_cls": cfg.single_cls, "cache_images": cfg.cache, "seed": cfg.seed,
-              "nc": spec.nc, "workers": cfg.workers}
+def build_data(
+    cfg: TrainConfig, env: DistEnv, hyp: Hyp, stride: int, spec: DataSpec, names: list[str]
+) -> DataParts:
+    common = {
+        "stride": stride,
+        "single_cls": cfg.single_cls,
+        "cache_images": cfg.cache,
+        "seed": cfg.seed,
+        "nc": spec.nc,
+        "workers": cfg.workers,
+    }
     with main_first(env, local=True, name="train-labels"):
-        train_set = YoloDataset(spec.train, cfg.imgsz, augment=True, hyp=hyp, rect=cfg.rect,
-                                batch_size=cfg.batch_size, prefix="train: ", **common)
-    sampler = ShardedBatchSampler(len(train_set), cfg.batch_size, rank=env.rank, world=env.world_size,
-                                  seed=cfg.seed, shuffle=not cfg.rect)
+        train_set = YoloDataset(
+            spec.train,
+            cfg.imgsz,
+            augment=True,
+            hyp=hyp,
+            rect=cfg.rect,
+            batch_size=cfg.batch_size,
+            prefix="train: ",
+            **common,
+        )
+    sampler = ShardedBatchSampler(
+        len(train_set),
+        cfg.batch_size,
+        rank=env.rank,
+        world=env.world_size,
+        seed=cfg.seed,
+        shuffle=not cfg.rect,
+    )
     train_loader = build_loader(train_set, sampler, workers=cfg.workers)
     val_loader = None
     if spec.val:
         val_batch = cfg.batch_size * 2
         with main_first(env, local=True, name="val-labels"):
-            val_set = YoloDataset(spec.val, cfg.imgsz, augment=False, hyp=hyp, rect=True, batch_size=val_batch,
-                                  pad=0.5, prefix="val: ", **common)
-        val_sampler = ShardedBatchSampler(len(val_set), val_batch, rank=env.rank, world=env.world_size,
-                                          seed=cfg.seed, shuffle=False)
+            val_set = YoloDataset(
+                spec.val,
+                cfg.imgsz,
+                augment=False,
+                hyp=hyp,
+                rect=True,
+                batch_size=val_batch,
+                pad=0.5,
+                prefix="val: ",
+                **common,
+            )
+        val_sampler = ShardedBatchSampler(
+            len(val_set), val_batch, rank=env.rank, world=env.world_size, seed=cfg.seed, shuffle=False
+        )
         val_loader = build_loader(val_set, val_sampler, workers=cfg.workers)
     return DataParts(spec, names, train_set, sampler, train_loader, val_loader)
 

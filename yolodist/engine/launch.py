@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from yolodist.dist.session import session
+
 from yolodist.config.schema import TrainConfig
 from yolodist.dist import env as dist_env
-from yolodist.dist.session import session
+from yolodist.dist.parallel import check_sync_bn
 from yolodist.engine.trainer import fit
 from yolodist.utils.log import setup_logging
 
@@ -13,6 +15,7 @@ def train(cfg: TrainConfig) -> int:
     env = dist_env.detect(cfg.device, cfg.local_rank)
     setup_logging(env.rank)
     cfg.check_world(env.world_size)
+    check_sync_bn(env, cfg.sync_bn)
     with session(env, cfg.dist_timeout):
         fit(cfg, env)
     return 0

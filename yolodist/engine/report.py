@@ -14,9 +14,20 @@ from yolodist.eval.validator import ValResult, format_table
 LOGGER = logging.getLogger(__name__)
 
 RESULTS_COLUMNS = (
-    "epoch", "train/box_loss", "train/obj_loss", "train/cls_loss", "metrics/precision", "metrics/recall",
-    "metrics/mAP_0.5", "metrics/mAP_0.5:0.95", "val/box_loss", "val/obj_loss", "val/cls_loss",
-    "x/lr0", "x/lr1", "x/lr2",
+    "epoch",
+    "train/box_loss",
+    "train/obj_loss",
+    "train/cls_loss",
+    "metrics/precision",
+    "metrics/recall",
+    "metrics/mAP_0.5",
+    "metrics/mAP_0.5:0.95",
+    "val/box_loss",
+    "val/obj_loss",
+    "val/cls_loss",
+    "x/lr0",
+    "x/lr1",
+    "x/lr2",
 )
 BAR_FORMAT = "{l_bar}{bar:10}{r_bar}"
 
@@ -50,7 +61,9 @@ class MainReporter:
         self.bar: tqdm | None = None
 
     def epoch_start(self, epoch: int, steps: int) -> None:
-        LOGGER.info(("\n" + "%11s" * 7) % ("Epoch", "Mem", "box_loss", "obj_loss", "cls_loss", "Instances", "Size"))
+        LOGGER.info(
+            ("\n" + "%11s" * 7) % ("Epoch", "Mem", "box_loss", "obj_loss", "cls_loss", "Instances", "Size")
+        )
         self.bar = tqdm(total=steps, bar_format=BAR_FORMAT, leave=True, mininterval=1.0, dynamic_ncols=False)
         self.epoch = epoch
 
@@ -58,7 +71,11 @@ class MainReporter:
         if self.bar is None:
             return
         desc = ("%11s" * 2 + "%11.4g" * 5) % (
-            f"{self.epoch}/{self.epochs - 1}", memory_text(self.device), *mean_losses.tolist(), instances, size,
+            f"{self.epoch}/{self.epochs - 1}",
+            memory_text(self.device),
+            *mean_losses.tolist(),
+            instances,
+            size,
         )
         self.bar.set_description_str(desc, refresh=False)
         self.bar.update(advance)
@@ -73,7 +90,16 @@ class MainReporter:
 
     def results_row(self, epoch: int, train_losses: list[float], result: ValResult, lrs: list[float]) -> None:
         """Append one epoch to results.csv, with upstream's column names."""
-        row = [epoch, *train_losses, result.precision, result.recall, result.map50, result.map, *result.losses, *lrs]
+        row = [
+            epoch,
+            *train_losses,
+            result.precision,
+            result.recall,
+            result.map50,
+            result.map,
+            *result.losses,
+            *lrs,
+        ]
         new = not self.csv_path.exists()
         with open(self.csv_path, "a", newline="") as f:
             writer = csv.writer(f)

@@ -5,8 +5,9 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from yolodist.config.schema import TrainConfig
 from yolodist.engine.checkpoint import load_checkpoint, load_latest_good
+
+from yolodist.config.schema import TrainConfig
 from yolodist.errors import BadCheckpoint, BadFlag
 
 LOGGER = logging.getLogger(__name__)
@@ -18,7 +19,9 @@ RUNTIME_KEYS = ("device", "workers", "local_rank", "dist_timeout")
 def find_latest_last(search_dir: Path = Path("runs")) -> Path:
     candidates = sorted(search_dir.glob("**/last.pt"), key=lambda p: p.stat().st_mtime)
     if not candidates:
-        raise BadFlag(f"--resume found no last.pt under {search_dir}/; pass the path: --resume runs/train/exp/weights/last.pt")
+        raise BadFlag(
+            f"--resume found no last.pt under {search_dir}/; pass the path: --resume runs/train/exp/weights/last.pt"
+        )
     return candidates[-1]
 
 
@@ -30,7 +33,9 @@ def load_start(cfg: TrainConfig) -> tuple[dict | None, Path | None]:
             raise BadFlag(f"--resume {path}: no such checkpoint")
         ckpt, used = load_latest_good(path)
         if ckpt.get("optimizer") is None or "opt" not in ckpt:
-            raise BadCheckpoint(f"{used} cannot be resumed (it holds no optimizer state); use it with --weights instead")
+            raise BadCheckpoint(
+                f"{used} cannot be resumed (it holds no optimizer state); use it with --weights instead"
+            )
         LOGGER.info(f"Resuming training from {used}")
         return ckpt, used.parent.parent
     if cfg.weights:

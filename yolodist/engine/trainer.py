@@ -10,20 +10,20 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from yolodist.dist.env import DistEnv
+from yolodist.engine.checkpoint import build_checkpoint, save_checkpoint
+from yolodist.engine.optim import warmup
+from yolodist.utils.io import atomic_write_text, cleanup_stale_tmp
+from yolodist.utils.paths import increment_path
 
 from yolodist.config.io import dump_yaml
 from yolodist.config.schema import Hyp, TrainConfig
 from yolodist.dist import collectives
-from yolodist.dist.env import DistEnv
 from yolodist.engine import build, resume
-from yolodist.engine.checkpoint import build_checkpoint, save_checkpoint
-from yolodist.engine.optim import warmup
 from yolodist.engine.report import MainReporter, NullReporter
 from yolodist.engine.step import StepContext, train_step
 from yolodist.eval.validator import ValResult, ValSettings, validate
-from yolodist.utils.io import atomic_write_text, cleanup_stale_tmp
 from yolodist.utils.log import colorstr
-from yolodist.utils.paths import increment_path
 from yolodist.utils.seed import rng_for, seed_everything
 
 LOGGER = logging.getLogger(__name__)
@@ -49,8 +49,10 @@ class EarlyStopping:
             self.best_epoch, self.best_fitness = epoch, fitness
         stop = epoch - self.best_epoch >= self.patience
         if stop:
-            LOGGER.info(f"Stopping training early: no improvement in the last {self.patience} epochs "
-                        f"(best epoch {self.best_epoch}); change --patience to train longer.")
+            LOGGER.info(
+                f"Stopping training early: no improvement in the last {self.patience} epochs "
+                f"(best epoch {self.best_epoch}); change --patience to train longer."
+            )
         return stop
 
 
@@ -71,7 +73,7 @@ def multi_scale_size(cfg: TrainConfig, epoch: int, step: int, stride: int) -> in
     return max(int(size // stride * stride), stride)
 
 
-def fit(cfg: TrainConfig, env: DistEnv) -> FitResult:  # noqa: PLR0915 - the recipe, read top to bottom
+def fit(cfg: TrainConfig, env: DistEnv) -> FitResult:
     seed_everything(cfg.seed, cfg.deterministic)
     ckpt, resume_dir = resume.load_start(cfg)
     if ckpt is not None and cfg.resume:
@@ -98,8 +100,17 @@ def fit(cfg: TrainConfig, env: DistEnv) -> FitResult:  # noqa: PLR0915 - the rec
     start_epoch, best_fitness = resume.restore_training(cfg, ckpt, optim, ema)
     net = build.wrap_model(model, env, cfg)
     loss_fn = build.LossFn(model, len(data.names), hyp, cfg)
-    ctx = StepContext(net, model, loss_fn, optim.optimizer, optim.scaler, ema, env, cfg.batch_size,
-                      amp=env.device.type == "cuda")
+    ctx = StepContext(
+        net,
+        model,
+        loss_fn,
+        optim.optimizer,
+        optim.scaler,
+        ema,
+        env,
+        cfg.batch_size,
+        amp=env.device.type == "cuda",
+    )
     reporter = MainReporter(save_dir, cfg.epochs, env.device) if env.is_main else NullReporter()
     stopper = EarlyStopping(cfg.patience)
     steps = len(data.train_loader)
@@ -118,8 +129,14 @@ def fit(cfg: TrainConfig, env: DistEnv) -> FitResult:  # noqa: PLR0915 - the rec
         optim.scheduler.step()
         final_epoch = epoch + 1 == cfg.epochs
         if data.val_loader is not None and (not cfg.noval or final_epoch):
-            result = validate(ema.ema, data.val_loader, env, data.names, ValSettings(single_cls=cfg.single_cls),
-                              loss_fn=loss_fn.items)
+            result = validate(
+                ema.ema,
+                data.val_loader,
+                env,
+                data.names,
+                ValSettings(single_cls=cfg.single_cls),
+                loss_fn=loss_fn.items,
+            )
             reporter.validation(result, per_class=final_epoch)
         best_fitness = max(best_fitness, result.fitness)
         reporter.results_row(epoch, train_losses, result, lrs)
@@ -130,13 +147,23 @@ def fit(cfg: TrainConfig, env: DistEnv) -> FitResult:  # noqa: PLR0915 - the rec
             break
     if env.is_main:
         hours = (time.time() - t0) / 3600
-        LOGGER.info(f"\n{epoch - start_epoch + 1} epochs completed in {hours:.3f} hours.\n"
-                    f"Results saved to {colorstr(str(save_dir), 'bold')}")
+        LOGGER.info(
+            f"\n{epoch - start_epoch + 1} epochs completed in {hours:.3f} hours.\n"
+            f"Results saved to {colorstr(str(save_dir), 'bold')}"
+        )
     return FitResult(save_dir, epoch - start_epoch + 1, best_fitness, result)
 
 
 def train_one_epoch(  # noqa: PLR0913 - the pieces one epoch touches
-    ctx: StepContext, data, cfg: TrainConfig, hyp: Hyp, optim, epoch: int, warmup_iters: int, reporter, stride: int
+    ctx: StepContext,
+    data,
+    cfg: TrainConfig,
+    hyp: Hyp,
+    optim,
+    epoch: int,
+    warmup_iters: int,
+    reporter,
+    stride: int,
 ) -> list[float]:
     ctx.net.train()
     data.train_sampler.set_epoch(epoch)
@@ -150,8 +177,16 @@ def train_one_epoch(  # noqa: PLR0913 - the pieces one epoch touches
         accumulate = optim.accumulate
         if global_step <= warmup_iters:
             accumulate = max(1, int(np.interp(global_step, [0, warmup_iters], [1, optim.accumulate]).round()))
-            warmup(optim.optimizer, global_step, warmup_iters, epoch, optim.lr_fn, hyp.warmup_bias_lr,
-                   hyp.momentum, hyp.warmup_momentum)
+            warmup(
+                optim.optimizer,
+                global_step,
+                warmup_iters,
+                epoch,
+                optim.lr_fn,
+                hyp.warmup_bias_lr,
+                hyp.momentum,
+                hyp.warmup_momentum,
+            )
         imgs = imgs.to(ctx.env.device, non_blocking=True).float() / 255
         if cfg.multi_scale:
             size = multi_scale_size(cfg, epoch, i, stride)
@@ -172,12 +207,29 @@ def train_one_epoch(  # noqa: PLR0913 - the pieces one epoch touches
     return mean_losses.tolist()
 
 
-def save_epoch(cfg: TrainConfig, save_dir: Path, epoch: int, model, ema, optim, best_fitness: float,
-               result: ValResult, hyp: Hyp, names: list[str]) -> None:
+def save_epoch(
+    cfg: TrainConfig,
+    save_dir: Path,
+    epoch: int,
+    model,
+    ema,
+    optim,
+    best_fitness: float,
+    result: ValResult,
+    hyp: Hyp,
+    names: list[str],
+) -> None:
     ckpt = build_checkpoint(
-        model_state=model.state_dict(), ema_state=ema.ema.state_dict(), ema_updates=ema.updates,
-        optimizer_state=optim.optimizer.state_dict(), epoch=epoch, best_fitness=best_fitness,
-        opt=cfg.to_dict(), yaml=model.yaml, names=names, hyp=hyp.to_dict(),
+        model_state=model.state_dict(),
+        ema_state=ema.ema.state_dict(),
+        ema_updates=ema.updates,
+        optimizer_state=optim.optimizer.state_dict(),
+        epoch=epoch,
+        best_fitness=best_fitness,
+        opt=cfg.to_dict(),
+        yaml=model.yaml,
+        names=names,
+        hyp=hyp.to_dict(),
         extra={"scaler": optim.scaler.state_dict(), "fitness": result.fitness},
     )
     weights = save_dir / "weights"

@@ -14,12 +14,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from torch import nn
-
-from yolodist.dist import collectives
 from yolodist.dist.env import DistEnv
 from yolodist.eval.metrics import ap_per_class, match_predictions
-from yolodist.ops.boxes import scale_boxes, xywh2xyxy
 from yolodist.ops.nms import non_max_suppression
+
+from yolodist.dist import collectives
+from yolodist.ops.boxes import scale_boxes, xywh2xyxy
 
 LOGGER = logging.getLogger(__name__)
 IOU_THRESHOLDS = torch.linspace(0.5, 0.95, 10)
@@ -63,7 +63,12 @@ def _image_stats(pred: torch.Tensor, labels: torch.Tensor, img_shape, shape_info
     height, width = img_shape
     target_cls = labels[:, 0]
     if pred.shape[0] == 0:
-        return torch.zeros(0, len(IOU_THRESHOLDS), dtype=torch.bool), torch.zeros(0), torch.zeros(0), target_cls
+        return (
+            torch.zeros(0, len(IOU_THRESHOLDS), dtype=torch.bool),
+            torch.zeros(0),
+            torch.zeros(0),
+            target_cls,
+        )
     pred_native = pred.clone()
     scale_boxes((height, width), pred_native[:, :4], (h0, w0), ratio_pad)
     if labels.shape[0]:
@@ -76,7 +81,7 @@ def _image_stats(pred: torch.Tensor, labels: torch.Tensor, img_shape, shape_info
 
 
 @torch.no_grad()
-def validate(  # noqa: PLR0913 - the inputs of one validation pass
+def validate(
     model: nn.Module,
     loader,
     env: DistEnv,
@@ -109,8 +114,12 @@ def validate(  # noqa: PLR0913 - the inputs of one validation pass
             loss_sum += loss_fn([r.float() for r in raw], targets)
         batches += 1
         preds = non_max_suppression(
-            decoded.float(), settings.conf_thres, settings.iou_thres, multi_label=True,
-            agnostic=settings.single_cls, max_det=settings.max_det,
+            decoded.float(),
+            settings.conf_thres,
+            settings.iou_thres,
+            multi_label=True,
+            agnostic=settings.single_cls,
+            max_det=settings.max_det,
         )
         t3 = time.perf_counter()
         times += (t1 - t0, t2 - t1, t3 - t2)
@@ -152,8 +161,14 @@ def _metrics(stats: dict[str, tuple], names: list[str], losses: tuple, speed: tu
     for k, c in enumerate(ap.classes.astype(int)):
         result.maps[c] = ap_all[k]
         result.per_class.append(
-            {"name": names[c] if c < nc else str(c), "instances": int(counts[c]), "precision": float(ap.p[k]),
-             "recall": float(ap.r[k]), "map50": float(ap50[k]), "map": float(ap_all[k])}
+            {
+                "name": names[c] if c < nc else str(c),
+                "instances": int(counts[c]),
+                "precision": float(ap.p[k]),
+                "recall": float(ap.r[k]),
+                "map50": float(ap50[k]),
+                "map": float(ap_all[k]),
+            }
         )
     return result
 
@@ -162,10 +177,23 @@ def format_table(result: ValResult, per_class: bool) -> str:
     """The metrics table as upstream prints it."""
     header = ("%22s" + "%11s" * 6) % ("Class", "Images", "Instances", "P", "R", "mAP50", "mAP50-95")
     row = "%22s" + "%11i" * 2 + "%11.3g" * 4
-    lines = [header, row % ("all", result.images, result.instances, result.precision, result.recall, result.map50,
-                             result.map)]
+    lines = [
+        header,
+        row
+        % ("all", result.images, result.instances, result.precision, result.recall, result.map50, result.map),
+    ]
     if per_class:
         for c in result.per_class:
-            lines.append(row % (c["name"], result.images, c["instances"], c["precision"], c["recall"], c["map50"],
-                                c["map"]))
+            lines.append(
+                row
+                % (
+                    c["name"],
+                    result.images,
+                    c["instances"],
+                    c["precision"],
+                    c["recall"],
+                    c["map50"],
+                    c["map"],
+                )
+            )
     return "\n".join(lines)

@@ -1,0 +1,1 @@
+"""The only package that touches torch.distributed, DataParallel/DDP/SyncBN and the launcher's variables."""

@@ -1,0 +1,56 @@
+"""Wrapping a model for its launch mode: plain, DataParallel, or (Sync)BatchNorm + DDP."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from yolodist.dist import syncbn
+from yolodist.dist.env import DistEnv, dp_warning
+from yolodist.errors import BadFlag
+
+LOGGER = logging.getLogger(__name__)
+
+
+def check_sync_bn(env: DistEnv, sync_bn: bool) -> None:
+    """--sync-bn only means something under DDP: say how to launch it, before any work is done."""
+    if sync_bn and not env.is_distributed:
+        raise BadFlag(
+            "--sync-bn needs DDP: launch with python -m torch.distributed.run --nproc_per_node N train.py ... --sync-bn"
+        )
+
+
+def wrap(model: nn.Module, env: DistEnv, sync_bn: bool = False, find_unused: bool = False) -> nn.Module:
+    check_sync_bn(env, sync_bn)
+    model = model.to(env.device)
+    if env.mode == "dp":
+        LOGGER.warning(dp_warning(len(env.devices), sys.argv[1:]))
+        return nn.DataParallel(model, device_ids=[d.index for d in env.devices])
+    if env.mode != "ddp":
+        return model
+    if sync_bn:
+        if env.device.type == "cuda":
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        else:
+            model = syncbn.convert(model)
+        LOGGER.info("Using SyncBatchNorm()")
+    device_ids = [env.device.index] if env.device.type == "cuda" else None
+    return DistributedDataParallel(model, device_ids=device_ids, find_unused_parameters=find_unused)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    return model.module if isinstance(model, nn.DataParallel | DistributedDataParallel) else model
+
+
+def no_sync(model: nn.Module, enabled: bool):
+    """DDP's public ``no_sync`` while accumulating gradients; a no-op otherwise."""
+    if enabled and isinstance(model, DistributedDataParallel):
+        return model.no_sync()
+    return contextlib.nullcontext()
+
+
