@@ -17,14 +17,22 @@ def test_no_flags_is_the_builtin_demo():
     cfg = parse()
     assert cfg.data == "shapes.yaml"
     assert (cfg.cfg, cfg.weights, cfg.imgsz, cfg.epochs, cfg.nbs) == (
-        DEMO["cfg"], DEMO["weights"], DEMO["imgsz"], DEMO["epochs"], DEMO["nbs"]
+        DEMO["cfg"],
+        DEMO["weights"],
+        DEMO["imgsz"],
+        DEMO["epochs"],
+        DEMO["nbs"],
     )
 
 
 def test_named_dataset_gets_upstream_defaults():
     cfg = parse("--data", "coco.yaml", "--cfg", "yolov5s.yaml")
     assert (cfg.imgsz, cfg.epochs, cfg.batch_size, cfg.nbs, cfg.hyp) == (
-        UPSTREAM["imgsz"], UPSTREAM["epochs"], UPSTREAM["batch_size"], 64, "hyp.scratch-low.yaml"
+        UPSTREAM["imgsz"],
+        UPSTREAM["epochs"],
+        UPSTREAM["batch_size"],
+        64,
+        "hyp.scratch-low.yaml",
     )
     assert cfg.weights == ""  # --cfg alone trains from scratch
     assert parse("--data", "coco.yaml").weights == "yolov5s.pt"
@@ -44,7 +52,14 @@ def test_explicit_flags_win_over_the_demo():
 
 @pytest.mark.parametrize(
     "argv",
-    [["--batch", "0"], ["--epochs", "0"], ["--img", "8"], ["--workers", "-1"], ["--cache", "gpu"], ["--dist-timeout", "0"]],
+    [
+        ["--batch", "0"],
+        ["--epochs", "0"],
+        ["--img", "8"],
+        ["--workers", "-1"],
+        ["--cache", "gpu"],
+        ["--dist-timeout", "0"],
+    ],
 )
 def test_bad_values_are_user_errors(argv):
     with pytest.raises(BadFlag):

@@ -13,6 +13,7 @@ import torch
 from yolodist.dist.devices import device_for_rank, parse_device
 
 LOGGER = logging.getLogger(__name__)
+CPU = torch.device("cpu")
 
 
 @dataclass(frozen=True)
@@ -23,9 +24,9 @@ class DistEnv:
     local_world_size: int = 1
     node_rank: int = 0
     mode: str = "single"  # 'single' | 'dp' | 'ddp'
-    device: torch.device = torch.device("cpu")
+    device: torch.device = CPU
     backend: str | None = None
-    devices: tuple[torch.device, ...] = (torch.device("cpu"),)
+    devices: tuple[torch.device, ...] = (CPU,)
     restart_count: int = 0
 
     @property

@@ -6,7 +6,6 @@ import contextlib
 import logging
 import sys
 
-import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
@@ -52,5 +51,3 @@ def no_sync(model: nn.Module, enabled: bool):
     if enabled and isinstance(model, DistributedDataParallel):
         return model.no_sync()
     return contextlib.nullcontext()
-
-

@@ -51,4 +51,3 @@ def main_first(env: DistEnv, local: bool = True, name: str = "work") -> Iterator
     if store.get(key) == b"failed":
         raise DistFailure(f"the main rank failed while preparing {name!r}; see its error above")
     yield
-

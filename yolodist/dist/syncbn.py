@@ -10,10 +10,15 @@ dtypes are BatchNorm2d's, so checkpoints move freely between the two.
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.distributed.nn.functional import all_reduce
+
+# Deprecated in favour of functional collectives, which do not carry autograd; this one does.
+warnings.filterwarnings("ignore", message="torch.distributed.nn.functional.all_reduce is deprecated")
 
 
 class CpuSyncBatchNorm(nn.modules.batchnorm._BatchNorm):
@@ -52,14 +57,22 @@ class CpuSyncBatchNorm(nn.modules.batchnorm._BatchNorm):
 def convert(module: nn.Module) -> nn.Module:
     """Replace every BatchNorm (1d/2d/3d) in ``module`` by CpuSyncBatchNorm, keeping parameters and buffers."""
     if isinstance(module, nn.modules.batchnorm._BatchNorm) and not isinstance(module, CpuSyncBatchNorm):
-        new = CpuSyncBatchNorm(module.num_features, module.eps, module.momentum, module.affine,
-                               module.track_running_stats)
+        reference = module.running_mean if module.running_mean is not None else module.weight
+        new = CpuSyncBatchNorm(
+            module.num_features,
+            module.eps,
+            module.momentum,
+            module.affine,
+            module.track_running_stats,
+            device=reference.device,
+            dtype=reference.dtype,
+        )
         new.load_state_dict(module.state_dict())
         new.train(module.training)
         if module.affine:
             new.weight.requires_grad_(module.weight.requires_grad)
             new.bias.requires_grad_(module.bias.requires_grad)
-        return new.to(next(module.buffers(), torch.empty(0)).device)
+        return new
     for name, child in module.named_children():
         module.add_module(name, convert(child))
     return module
@@ -68,8 +81,16 @@ def convert(module: nn.Module) -> nn.Module:
 def revert(module: nn.Module) -> nn.Module:
     """CpuSyncBatchNorm back to BatchNorm2d (the same state dict)."""
     if isinstance(module, CpuSyncBatchNorm):
-        new = nn.BatchNorm2d(module.num_features, module.eps, module.momentum, module.affine,
-                             module.track_running_stats)
+        reference = module.running_mean if module.running_mean is not None else module.weight
+        new = nn.BatchNorm2d(
+            module.num_features,
+            module.eps,
+            module.momentum,
+            module.affine,
+            module.track_running_stats,
+            device=reference.device,
+            dtype=reference.dtype,
+        )
         new.load_state_dict(module.state_dict())
         return new.train(module.training)
     for name, child in module.named_children():

@@ -80,7 +80,7 @@ def save_checkpoint(ckpt: dict, path: str | Path, keep_previous: bool = True) ->
 
 def _describe_failure(path: Path, error: BaseException) -> str:
     text = str(error)
-    if isinstance(error, pickle.UnpicklingError) and ("GLOBAL" in text or "weights_only" in text.lower()):
+    if isinstance(error, pickle.UnpicklingError) and "GLOBAL" in text:
         return "contains pickled Python objects, which are never executed"
     if isinstance(error, EOFError | zipfile.BadZipFile) or "central directory" in text or "Errno 22" in text:
         return "is truncated or corrupt (the write may have been interrupted)"

@@ -1,0 +1,137 @@
+"""End-to-end: train.py run as a user runs it, on tiny generated data."""
+
+from __future__ import annotations
+
+import csv
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import ROOT, run_script
+
+TINY = [
+    "--cfg",
+    "yolov5n.yaml",
+    "--weights",
+    "",
+    "--img",
+    "64",
+    "--batch",
+    "4",
+    "--workers",
+    "0",
+    "--device",
+    "cpu",
+]
+
+
+def train(tmp_path: Path, data: Path, *extra: str, name: str = "exp") -> tuple[Path, str]:
+    proc = run_script(
+        [
+            str(ROOT / "train.py"),
+            "--data",
+            str(data),
+            *TINY,
+            "--project",
+            str(tmp_path / "runs"),
+            "--name",
+            name,
+            *extra,
+        ],
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return tmp_path / "runs" / name, proc.stdout + proc.stderr
+
+
+def test_help_lists_the_flags(tmp_path):
+    proc = run_script([str(ROOT / "train.py"), "--help"], cwd=tmp_path)
+    assert proc.returncode == 0
+    for flag in (
+        "--weights",
+        "--cfg",
+        "--data",
+        "--batch-size",
+        "--img",
+        "--sync-bn",
+        "--resume",
+        "--device",
+    ):
+        assert flag in proc.stdout
+
+
+def test_two_epochs_write_the_run(tmp_path, tiny_shapes):
+    run, out = train(tmp_path, tiny_shapes, "--epochs", "2")
+    for f in ("weights/last.pt", "weights/best.pt", "results.csv", "hyp.yaml", "opt.yaml"):
+        assert (run / f).is_file(), f
+    rows = list(csv.reader(open(run / "results.csv")))
+    header = [c.strip() for c in rows[0]]
+    assert header[:4] == ["epoch", "train/box_loss", "train/obj_loss", "train/cls_loss"]
+    assert "metrics/mAP_0.5:0.95" in header and header[-3:] == ["x/lr0", "x/lr1", "x/lr2"]
+    assert len(rows) == 3
+    ckpt = torch.load(run / "weights" / "last.pt", weights_only=True)  # plain state dicts, no pickled code
+    assert {"model", "ema", "optimizer", "epoch", "best_fitness", "opt", "yaml", "names"} <= set(ckpt)
+    assert ckpt["epoch"] == 1
+    assert "summary:" in out and "parameters" in out and "GFLOPs" in out
+
+
+def test_weights_transfer_reports_count(tmp_path, tiny_shapes):
+    first, _ = train(tmp_path, tiny_shapes, "--epochs", "1", name="a")
+    _, out = train(
+        tmp_path,
+        tiny_shapes,
+        "--epochs",
+        "1",
+        "--weights",
+        str(first / "weights" / "best.pt"),
+        "--cfg",
+        "",
+        name="b",
+    )
+    ckpt = torch.load(first / "weights" / "best.pt", weights_only=True)
+    n = len(ckpt["model"])
+    assert f"Transferred {n}/{n} items" in out
+
+
+def test_resume_matches_uninterrupted(tmp_path, tiny_shapes):
+    """Resuming from the end of epoch 0 ends with the same weights as the run that never stopped."""
+    full, _ = train(
+        tmp_path, tiny_shapes, "--epochs", "3", "--save-period", "1", "--deterministic", name="full"
+    )
+    interrupted = tmp_path / "runs" / "cut"
+    (interrupted / "weights").mkdir(parents=True)
+    shutil.copy(full / "weights" / "epoch0.pt", interrupted / "weights" / "last.pt")
+    proc = run_script(
+        [str(ROOT / "train.py"), "--resume", str(interrupted / "weights" / "last.pt")], cwd=tmp_path
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    a = torch.load(full / "weights" / "last.pt", weights_only=True)
+    b = torch.load(interrupted / "weights" / "last.pt", weights_only=True)
+    assert a["epoch"] == b["epoch"] == 2
+    for key in a["model"]:
+        torch.testing.assert_close(b["model"][key], a["model"][key], rtol=1e-6, atol=1e-7, msg=key)
+        torch.testing.assert_close(b["ema"][key], a["ema"][key], rtol=1e-6, atol=1e-7, msg=key)
+    # A finished run cannot be resumed again; the message says what to do instead.
+    proc = run_script(
+        [str(ROOT / "train.py"), "--resume", str(interrupted / "weights" / "last.pt")], cwd=tmp_path
+    )
+    assert proc.returncode != 0 and "already finished" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--data", "missing.yaml", "--cfg", "yolov5n.yaml"], "missing.yaml"),
+        (["--cfg", "yolov5q.yaml"], "yolov5q"),
+        (["--weights", "nothere.pt"], "nothere.pt"),
+        (["--batch", "0"], "--batch-size"),
+        (["--sync-bn"], "--sync-bn"),
+    ],
+)
+def test_user_errors_are_one_line(tmp_path, argv, message):
+    proc = run_script([str(ROOT / "train.py"), *argv], cwd=tmp_path)
+    assert proc.returncode != 0
+    assert message in proc.stderr
+    assert "Traceback" not in proc.stderr

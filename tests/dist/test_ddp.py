@@ -1,0 +1,96 @@
+"""Real multi-process runs on gloo: synchronised BatchNorm and DDP training through torchrun."""
+
+from __future__ import annotations
+
+import json
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from tests.conftest import ROOT, free_port, run_script
+
+pytestmark = pytest.mark.dist
+
+SYNCBN_PROBE = textwrap.dedent(
+    """
+    import json, sys
+    import torch, torch.distributed as dist
+    from torch import nn
+    from yolodist.dist import syncbn
+    from yolodist.dist.env import detect
+    from yolodist.dist.session import session
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    def net():
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 2, 1)).double()
+
+    env = detect("cpu")
+    with session(env, 60):
+        torch.manual_seed(1)
+        data = torch.randn(8, 3, 6, 6, dtype=torch.float64) * torch.linspace(0.5, 4, 8).view(8, 1, 1, 1).double()
+        shard = data[:3] if env.rank == 0 else data[3:]  # uneven shards: 3 and 5 samples
+        ddp = DDP(syncbn.convert(net()))
+        opt = torch.optim.SGD(ddp.parameters(), lr=0.1, momentum=0.9)
+        for _ in range(5):
+            # Sum over this shard, divided by the global count, times world size (DDP averages).
+            loss = ddp(shard).pow(2).sum() / data.numel() * env.world_size
+            opt.zero_grad(); loss.backward(); opt.step()
+        if env.rank == 0:
+            ref = net()
+            ref_opt = torch.optim.SGD(ref.parameters(), lr=0.1, momentum=0.9)
+            for _ in range(5):
+                loss = ref(data).pow(2).sum() / data.numel()
+                ref_opt.zero_grad(); loss.backward(); ref_opt.step()
+            got, want = ddp.module.state_dict(), ref.state_dict()
+            diff = {k: (got[k].double() - want[k].double()).abs().max().item() for k in want}
+            json.dump({"diff": diff, "keys": list(got) == list(want)}, open(sys.argv[1], "w"))
+    """
+)
+
+
+def torchrun(args: list[str], cwd, nproc: int = 2, timeout: float = 240):
+    return run_script(
+        ["-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_addr", "127.0.0.1",
+         "--master_port", str(free_port()), *args],
+        cwd=cwd, timeout=timeout,
+    )
+
+
+@pytest.mark.timeout(120)
+def test_cpu_syncbn_equals_full_batch_batchnorm(tmp_path):
+    script = tmp_path / "probe.py"
+    script.write_text(SYNCBN_PROBE)
+    out = tmp_path / "out.json"
+    proc = torchrun([str(script), str(out)], cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["keys"]
+    assert max(result["diff"].values()) < 1e-12, result["diff"]
+
+
+@pytest.mark.timeout(300)
+def test_ddp_two_ranks_train_with_sync_bn(tmp_path, tiny_shapes):
+    proc = torchrun(
+        [str(ROOT / "train.py"), "--data", str(tiny_shapes), "--cfg", "yolov5n.yaml", "--weights", "", "--img", "64",
+         "--batch", "4", "--epochs", "1", "--workers", "0", "--device", "cpu", "--sync-bn",
+         "--project", str(tmp_path / "runs"), "--name", "ddp"],
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert (proc.stdout + proc.stderr).count("Starting training") == 1  # only rank 0 reports
+    ckpt = torch.load(tmp_path / "runs" / "ddp" / "weights" / "last.pt", weights_only=True)
+    assert "model.0.bn.running_mean" in ckpt["model"]  # SyncBN keeps BatchNorm2d's keys
+
+
+@pytest.mark.timeout(60)
+def test_batch_not_multiple_of_world_is_one_line(tmp_path):
+    proc = torchrun([str(ROOT / "train.py"), "--batch", "3", "--device", "cpu", "--epochs", "1"], cwd=tmp_path)
+    assert proc.returncode != 0
+    assert "multiple of 2" in proc.stderr and "Traceback" not in proc.stderr.split("multiple of 2")[0][-2000:]
+
+
+def test_python_is_the_venv():
+    assert sys.executable
