@@ -71,7 +71,7 @@ def restore_training(cfg: TrainConfig, ckpt: dict | None, optim, ema) -> tuple[i
     if ckpt.get("scaler"):
         optim.scaler.load_state_dict(ckpt["scaler"])
     start_epoch = int(ckpt["epoch"]) + 1
-    optim.scheduler.last_epoch = start_epoch - 1
+    optim.scheduler.last_epoch = start_epoch  # the value it holds after start_epoch steps
     for group, lr_scale in zip(optim.optimizer.param_groups, [optim.lr_fn(start_epoch)] * 3, strict=False):
         group["lr"] = group["initial_lr"] * lr_scale
     LOGGER.info(f"Resuming training from epoch {start_epoch} to {cfg.epochs} total epochs")
