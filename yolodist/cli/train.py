@@ -48,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_device(p)
     p.add_argument("--multi-scale", action="store_true", help="vary img-size +/- 50%%")
     p.add_argument("--single-cls", action="store_true", help="train multi-class data as single-class")
-    p.add_argument("--optimizer", choices=OPTIMIZERS, default="SGD", help="optimizer")
+    p.add_argument("--optimizer", choices=OPTIMIZERS, default=None, help="optimizer (default SGD; the demo uses AdamW)")
     p.add_argument("--sync-bn", action="store_true", help="use SyncBatchNorm, only available in DDP mode")
     p.add_argument("--workers", type=int, default=8, help="max dataloader workers (per process)")
     add_run_dir(p, "runs/train")

@@ -19,6 +19,7 @@ UPSTREAM = {
     "batch_size": 16,
     "imgsz": 640,
     "nbs": 64,
+    "optimizer": "SGD",
 }
 
 # Tuned so that `python train.py` finishes in under 10 minutes on 2 CPU cores (see README).
@@ -26,10 +27,11 @@ DEMO = {
     "weights": "",
     "cfg": "yolov5n.yaml",
     "hyp": "hyp.shapes-demo.yaml",
-    "epochs": 20,
+    "epochs": 14,
     "batch_size": 16,
-    "imgsz": 256,
+    "imgsz": 192,
     "nbs": 16,
+    "optimizer": "AdamW",
 }
 
 

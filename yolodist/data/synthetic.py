@@ -104,7 +104,7 @@ def default_datasets_dir() -> Path:
 
 
 def ensure_shapes(
-    root: Path | None = None, *, n_train: int = 1024, n_val: int = 256, img_size: int = 320, seed: int = 0
+    root: Path | None = None, *, n_train: int = 1024, n_val: int = 256, img_size: int = 192, seed: int = 0
 ) -> Path:
     """Generate the 'shapes' dataset into ``root`` unless a complete one with these parameters is there.
 
