@@ -18,9 +18,7 @@ def tiny_shapes(tmp_path_factory) -> Path:
     """A small built-in 'shapes' dataset (YAML path), generated once per test session."""
     from yolodist.data.synthetic import ensure_shapes
 
-    return ensure_shapes(
-        tmp_path_factory.mktemp("datasets") / "shapes", n_train=16, n_val=8, img_size=128, seed=0
-    )
+    return ensure_shapes(tmp_path_factory.mktemp("datasets") / "shapes", n_train=16, n_val=8, img_size=128, seed=0)
 
 
 def free_port() -> int:

@@ -97,15 +97,11 @@ def test_weights_transfer_reports_count(tmp_path, tiny_shapes):
 
 def test_resume_matches_uninterrupted(tmp_path, tiny_shapes):
     """Resuming from the end of epoch 0 ends with the same weights as the run that never stopped."""
-    full, _ = train(
-        tmp_path, tiny_shapes, "--epochs", "3", "--save-period", "1", "--deterministic", name="full"
-    )
+    full, _ = train(tmp_path, tiny_shapes, "--epochs", "3", "--save-period", "1", "--deterministic", name="full")
     interrupted = tmp_path / "runs" / "cut"
     (interrupted / "weights").mkdir(parents=True)
     shutil.copy(full / "weights" / "epoch0.pt", interrupted / "weights" / "last.pt")
-    proc = run_script(
-        [str(ROOT / "train.py"), "--resume", str(interrupted / "weights" / "last.pt")], cwd=tmp_path
-    )
+    proc = run_script([str(ROOT / "train.py"), "--resume", str(interrupted / "weights" / "last.pt")], cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     a = torch.load(full / "weights" / "last.pt", weights_only=True)
     b = torch.load(interrupted / "weights" / "last.pt", weights_only=True)
@@ -115,9 +111,7 @@ def test_resume_matches_uninterrupted(tmp_path, tiny_shapes):
         assert torch.equal(b["ema"][key], a["ema"][key]), key
     assert [g["lr"] for g in a["optimizer"]["param_groups"]] == [g["lr"] for g in b["optimizer"]["param_groups"]]
     # A finished run cannot be resumed again; the message says what to do instead.
-    proc = run_script(
-        [str(ROOT / "train.py"), "--resume", str(interrupted / "weights" / "last.pt")], cwd=tmp_path
-    )
+    proc = run_script([str(ROOT / "train.py"), "--resume", str(interrupted / "weights" / "last.pt")], cwd=tmp_path)
     assert proc.returncode != 0 and "already finished" in proc.stderr and "Traceback" not in proc.stderr
 
 

@@ -119,12 +119,8 @@ def test_summary_counts_reasons(tmp_path, caplog):
     apply_class_limit(scan, nc=2)
     with caplog.at_level(logging.INFO):
         stats = report(scan, "train: ")
-    assert (
-        stats["found"] == 6 and stats["usable"] == 3 and stats["missing_labels"] == 1 and stats["empty"] == 1
-    )
-    assert (
-        stats["corrupt"] == 3 and stats["corrupt:zero-byte"] == 1 and stats["corrupt:non-numeric value"] == 1
-    )
+    assert stats["found"] == 6 and stats["usable"] == 3 and stats["missing_labels"] == 1 and stats["empty"] == 1
+    assert stats["corrupt"] == 3 and stats["corrupt:zero-byte"] == 1 and stats["corrupt:non-numeric value"] == 1
     assert stats["corrupt:class out of range"] == 1 and stats["rows:non-finite"] == 1
     assert "train: found 6 images: 1 missing labels, 1 empty, 3 corrupt (" in caplog.text
     assert "0..1" in caplog.text  # the class-range message names the valid range

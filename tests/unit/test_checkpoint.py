@@ -27,9 +27,18 @@ def tiny() -> nn.Module:
 
 
 def ckpt_of(model: nn.Module, epoch: int = 0) -> dict:
-    return build_checkpoint(model_state=model.state_dict(), ema_state=model.state_dict(), ema_updates=3,
-                            optimizer_state=None, epoch=epoch, best_fitness=0.5, opt={"epochs": 3},
-                            yaml={"nc": 2}, names=["a", "b"], hyp={"lr0": 0.01})
+    return build_checkpoint(
+        model_state=model.state_dict(),
+        ema_state=model.state_dict(),
+        ema_updates=3,
+        optimizer_state=None,
+        epoch=epoch,
+        best_fitness=0.5,
+        opt={"epochs": 3},
+        yaml={"nc": 2},
+        names=["a", "b"],
+        hyp={"lr0": 0.01},
+    )
 
 
 def test_round_trip_is_weights_only(tmp_path):

@@ -104,9 +104,7 @@ def test_single_cls_and_class_limit(tmp_path):
     (tmp_path / "labels" / "0.txt").write_text("5 0.5 0.5 0.1 0.1\n")
     ds = YoloDataset([src], 64, nc=3, single_cls=True)
     assert len(ds) == 7 and ds.stats["corrupt:class out of range"] == 1
-    assert ds.skipped == [
-        (str(src / "0.png"), "class out of range: class 5 outside the valid range 0..2 (nc=3)")
-    ]
+    assert ds.skipped == [(str(src / "0.png"), "class out of range: class 5 outside the valid range 0..2 (nc=3)")]
     assert all((lb[:, 0] == 0).all() for lb in ds.labels)
 
 

@@ -21,7 +21,12 @@ def test_single_process_defaults():
 def test_torchrun_variables():
     env = from_environ(TORCHRUN, device="cpu")
     assert (env.mode, env.rank, env.local_rank, env.world_size, env.local_world_size, env.node_rank) == (
-        "ddp", 3, 1, 4, 2, 1
+        "ddp",
+        3,
+        1,
+        4,
+        2,
+        1,
     )
     assert env.backend == "gloo" and not env.is_main and not env.is_local_main
     gpu = from_environ(TORCHRUN, device="2,3", cuda_count=4)
@@ -36,21 +41,35 @@ def test_legacy_launch_local_rank_argument():
 def test_dataparallel_without_launcher():
     env = from_environ({}, device="0,1", cuda_count=2)
     assert env.mode == "dp" and len(env.devices) == 2
-    assert "torch.distributed.run --nproc_per_node 2 train.py --batch 64" in dp_warning(2, ["train.py", "--batch", "64"])
+    assert "torch.distributed.run --nproc_per_node 2 train.py --batch 64" in dp_warning(
+        2, ["train.py", "--batch", "64"]
+    )
 
 
 @pytest.mark.parametrize(
     ("device", "cuda", "expected"),
-    [("cpu", 0, ["cpu"]), ("", 0, ["cpu"]), ("0", 1, ["cuda:0"]), (" 0, 1 ", 2, ["cuda:0", "cuda:1"]),
-     ("cuda:1", 2, ["cuda:1"])],
+    [
+        ("cpu", 0, ["cpu"]),
+        ("", 0, ["cpu"]),
+        ("0", 1, ["cuda:0"]),
+        (" 0, 1 ", 2, ["cuda:0", "cuda:1"]),
+        ("cuda:1", 2, ["cuda:1"]),
+    ],
 )
 def test_parse_device(device, cuda, expected):
     assert [str(d) for d in parse_device(device, cuda)] == expected
 
 
-@pytest.mark.parametrize(("device", "cuda", "message"), [("3", 2, "only 2 CUDA"), ("0", 0, "only 0 CUDA"),
-                                                           ("x", 1, "not understood"), ("0,0", 2, "distinct"),
-                                                           ("mps", 0, "MPS")])
+@pytest.mark.parametrize(
+    ("device", "cuda", "message"),
+    [
+        ("3", 2, "only 2 CUDA"),
+        ("0", 0, "only 0 CUDA"),
+        ("x", 1, "not understood"),
+        ("0,0", 2, "distinct"),
+        ("mps", 0, "MPS"),
+    ],
+)
 def test_bad_devices(device, cuda, message):
     with pytest.raises(BadFlag, match=message):
         parse_device(device, cuda)
@@ -63,7 +82,7 @@ def test_too_few_devices_for_ranks():
 
 
 def test_sync_bn_needs_ddp():
-    with pytest.raises(BadFlag, match="torch.distributed.run"):
+    with pytest.raises(BadFlag, match=r"torch\.distributed\.run"):
         check_sync_bn(DistEnv(), True)
     check_sync_bn(DistEnv(), False)
     with pytest.raises(BadFlag):

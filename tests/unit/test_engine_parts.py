@@ -84,8 +84,9 @@ def test_increment_path(tmp_path):
 
 def test_increment_path_is_race_safe(tmp_path):
     got = []
-    threads = [threading.Thread(target=lambda: got.append(increment_path(tmp_path / "exp", mkdir=True)))
-               for _ in range(8)]
+    threads = [
+        threading.Thread(target=lambda: got.append(increment_path(tmp_path / "exp", mkdir=True))) for _ in range(8)
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -107,8 +108,10 @@ def test_check_anchors_keeps_good_and_replaces_bad():
     stride = torch.tensor([8.0, 16.0, 32.0])
     labels = [np.array([[0, 0.5, 0.5, w, w]]) for w in (0.02, 0.05, 0.1, 0.2, 0.4, 0.8)] * 5
     shapes = np.full((len(labels), 2), 640.0)
-    good = torch.tensor([[[10, 13], [16, 30], [33, 23]], [[30, 61], [62, 45], [59, 119]],
-                         [[116, 90], [156, 198], [373, 326]]], dtype=torch.float32) / stride.view(-1, 1, 1)
+    good = torch.tensor(
+        [[[10, 13], [16, 30], [33, 23]], [[30, 61], [62, 45], [59, 119]], [[116, 90], [156, 198], [373, 326]]],
+        dtype=torch.float32,
+    ) / stride.view(-1, 1, 1)
     rng = np.random.default_rng(0)
     assert autoanchor.check_anchors(labels, shapes, good, stride, 4.0, 640, rng) is None
     bad = torch.full((3, 3, 2), 100.0)  # 800-3200 px anchors for 13-510 px boxes

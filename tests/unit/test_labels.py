@@ -130,9 +130,7 @@ def test_parser_never_raises_on_bytes(raw):
     _check_result(parse_label_bytes(raw, nc=3), 3)
 
 
-_TOKENS = st.sampled_from(
-    ["0", "1", "2", "7", "0.5", ".3", "1.", "-0.2", "1e-3", "nan", "inf", "0,5", "x", "1.0005"]
-)
+_TOKENS = st.sampled_from(["0", "1", "2", "7", "0.5", ".3", "1.", "-0.2", "1e-3", "nan", "inf", "0,5", "x", "1.0005"])
 _LINES = st.lists(_TOKENS, min_size=0, max_size=10).map(" ".join)
 
 

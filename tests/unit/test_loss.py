@@ -25,7 +25,7 @@ def test_one_target_by_hand():
     loss = one_level_loss()
     pred = torch.zeros(1, 1, 4, 4, 7)
     targets = torch.tensor([[0, 1, 0.3, 0.3, 0.25, 0.25]])
-    b, a, gj, gi, tbox, tcls = loss.build_targets([pred], targets)[0]
+    _, _, gj, gi, _, _ = loss.build_targets([pred], targets)[0]
     assert sorted(zip(gj.tolist(), gi.tolist(), strict=True)) == [(0, 1), (1, 0), (1, 1)]
     # CIoU of (0.5, 0.5, 1, 1) with the target seen from each cell, computed by hand:
     own = 0.49 / 1.51 - 0.18 / 3.38  # IoU minus centre distance over enclosing diagonal
@@ -65,7 +65,7 @@ def test_no_targets_only_objectness_and_gradients_everywhere():
     preds = [torch.randn(2, 3, s, s, 8, requires_grad=True) for s in (8, 4, 2)]
     terms = loss(preds, torch.zeros(0, 6))
     assert torch.all(terms.sums[[0, 2]] == 0) and torch.all(terms.sums[1] > 0)
-    value, items = reduce_loss(terms, terms.counts, loss.weights, batch_size=2)
+    value, _ = reduce_loss(terms, terms.counts, loss.weights, batch_size=2)
     value.backward()
     assert torch.isfinite(value)
     for p in preds:
@@ -89,14 +89,20 @@ def test_split_batch_with_global_counts_equals_full_batch():
     torch.manual_seed(0)
     loss = YoloLoss(torch.tensor([[[1.0, 1.5], [2.0, 2.0], [3.0, 2.5]]] * 3), nc=4, hyp=Hyp())
     preds = [torch.randn(4, 3, s, s, 9) for s in (16, 8, 4)]
-    targets = torch.tensor([[0, 1, 0.3, 0.4, 0.2, 0.3], [0, 2, 0.6, 0.5, 0.1, 0.1], [1, 0, 0.5, 0.5, 0.5, 0.6],
-                            [3, 3, 0.2, 0.8, 0.05, 0.1]])
+    targets = torch.tensor(
+        [
+            [0, 1, 0.3, 0.4, 0.2, 0.3],
+            [0, 2, 0.6, 0.5, 0.1, 0.1],
+            [1, 0, 0.5, 0.5, 0.5, 0.6],
+            [3, 3, 0.2, 0.8, 0.05, 0.1],
+        ]
+    )
     full, _ = reduce_loss(loss(preds, targets), loss(preds, targets).counts, loss.weights, batch_size=4)
     halves = []
     for lo in (0, 2):
         part = targets[(targets[:, 0] >= lo) & (targets[:, 0] < lo + 2)].clone()
         part[:, 0] -= lo
-        halves.append(loss([p[lo:lo + 2] for p in preds], part))
+        halves.append(loss([p[lo : lo + 2] for p in preds], part))
     counts = halves[0].counts + halves[1].counts
     split = sum(reduce_loss(h, counts, loss.weights, batch_size=4)[0] for h in halves)
     torch.testing.assert_close(split, full)

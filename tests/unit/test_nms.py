@@ -6,8 +6,14 @@ from yolodist.ops.nms import non_max_suppression
 
 
 def pred(boxes_xywh, obj, cls_scores):
-    return torch.cat([torch.tensor(boxes_xywh, dtype=torch.float32), torch.tensor(obj)[:, None],
-                      torch.tensor(cls_scores, dtype=torch.float32)], 1)[None]
+    return torch.cat(
+        [
+            torch.tensor(boxes_xywh, dtype=torch.float32),
+            torch.tensor(obj)[:, None],
+            torch.tensor(cls_scores, dtype=torch.float32),
+        ],
+        1,
+    )[None]
 
 
 def test_same_class_overlaps_are_suppressed_other_classes_kept():

@@ -27,9 +27,7 @@ def _write(path, content) -> str:
 
 
 def test_names_list_and_relative_path(root, tmp_path):
-    y = _write(
-        tmp_path / "d.yaml", {"path": "ds", "train": "images/train", "val": "images/val", "names": ["a", "b"]}
-    )
+    y = _write(tmp_path / "d.yaml", {"path": "ds", "train": "images/train", "val": "images/val", "names": ["a", "b"]})
     spec = load_data_spec(y)
     assert spec.path == root.resolve() and spec.names == ["a", "b"] and spec.nc == 2
     assert spec.train == [(root / "images/train").resolve()] and spec.test is None and spec.download is None
@@ -45,9 +43,7 @@ def test_names_dict_nc_test_and_list_of_folders(root):
     spec = load_data_spec(y)  # no 'path': the YAML's folder is the root
     assert spec.names == ["a", "b"] and spec.path == root.resolve()
     assert spec.train == [(root / "images/train").resolve(), (root / "images/extra").resolve()]
-    assert spec.val == [(root / "images/val/a.jpg").resolve()] and spec.test == [
-        (root / "images/val").resolve()
-    ]
+    assert spec.val == [(root / "images/val/a.jpg").resolve()] and spec.test == [(root / "images/val").resolve()]
 
 
 def test_txt_list_and_path_relative_to_cwd(root, tmp_path, monkeypatch):

@@ -214,10 +214,7 @@ def test_regenerates_when_parameters_differ(tmp_path):
     ensure_shapes(root, n_train=5, n_val=2, img_size=64, seed=1)
     after = all_files(root)
     assert json.loads(after["meta.json"])["params"] == {"n_train": 5, "n_val": 2, "img_size": 64, "seed": 1}
-    assert (
-        "images/train/000004.jpg" in after
-        and before["images/val/000000.jpg"] != after["images/val/000000.jpg"]
-    )
+    assert "images/train/000004.jpg" in after and before["images/val/000000.jpg"] != after["images/val/000000.jpg"]
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp or trash dirs left
 
 
@@ -285,9 +282,7 @@ def test_refuses_to_replace_a_directory_it_did_not_write(tmp_path):
     assert (tmp_path / "s" / "my_notes.txt").read_text() == "keep me"
 
 
-@pytest.mark.parametrize(
-    "kwargs", [{"n_train": 0}, {"n_val": -1}, {"img_size": 32}, {"img_size": 100.0}, {"seed": -1}]
-)
+@pytest.mark.parametrize("kwargs", [{"n_train": 0}, {"n_val": -1}, {"img_size": 32}, {"img_size": 100.0}, {"seed": -1}])
 def test_bad_parameters_are_user_errors(tmp_path, kwargs):
     with pytest.raises(BadData, match="the 'shapes' dataset needs an integer"):
         ensure_shapes(tmp_path / "s", **{"n_train": 2, "n_val": 2, "img_size": 64, **kwargs})

@@ -25,9 +25,7 @@ Shapes = tuple[tuple[int, int], tuple[tuple[float, float], tuple[float, float]]]
 Sample = tuple[np.ndarray, np.ndarray, Shapes | None]
 
 
-def _letterboxed(
-    loaded: tuple, shape: tuple[int, int], scaleup: bool
-) -> tuple[np.ndarray, np.ndarray, Shapes]:
+def _letterboxed(loaded: tuple, shape: tuple[int, int], scaleup: bool) -> tuple[np.ndarray, np.ndarray, Shapes]:
     """Letterbox one loaded sample; labels come back as pixel (cls, x1, y1, x2, y2)."""
     img, labels, (h0, w0) = loaded[0], loaded[1], loaded[2]
     h, w = img.shape[:2]

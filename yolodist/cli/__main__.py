@@ -10,9 +10,7 @@ COMMANDS = ("train", "val", "detect", "export")
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
-        print(
-            f"usage: yolodist {{{','.join(COMMANDS)}}} [flags]\n\nRun 'yolodist COMMAND --help' for its flags."
-        )
+        print(f"usage: yolodist {{{','.join(COMMANDS)}}} [flags]\n\nRun 'yolodist COMMAND --help' for its flags.")
         return 0 if argv else 2
     command, rest = argv[0], argv[1:]
     if command not in COMMANDS:

@@ -42,9 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--noval", action="store_true", help="only validate final epoch")
     p.add_argument("--noautoanchor", action="store_true", help="disable AutoAnchor")
     p.add_argument("--noplots", action="store_true", help="save no plot files")
-    p.add_argument(
-        "--cache", nargs="?", const="ram", default=None, help="image --cache ram (default) or disk"
-    )
+    p.add_argument("--cache", nargs="?", const="ram", default=None, help="image --cache ram (default) or disk")
     add_device(p)
     p.add_argument("--multi-scale", action="store_true", help="vary img-size +/- 50%%")
     p.add_argument("--single-cls", action="store_true", help="train multi-class data as single-class")
@@ -54,19 +52,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_run_dir(p, "runs/train")
     p.add_argument("--cos-lr", action="store_true", help="cosine LR scheduler")
     p.add_argument("--label-smoothing", type=float, default=0.0, help="label smoothing epsilon")
-    p.add_argument(
-        "--patience", type=int, default=100, help="EarlyStopping patience (epochs without improvement)"
-    )
-    p.add_argument(
-        "--freeze", nargs="+", type=int, default=[0], help="freeze layers: backbone=10, first3=0 1 2"
-    )
-    p.add_argument(
-        "--save-period", type=int, default=-1, help="save checkpoint every x epochs (disabled if < 1)"
-    )
+    p.add_argument("--patience", type=int, default=100, help="EarlyStopping patience (epochs without improvement)")
+    p.add_argument("--freeze", nargs="+", type=int, default=[0], help="freeze layers: backbone=10, first3=0 1 2")
+    p.add_argument("--save-period", type=int, default=-1, help="save checkpoint every x epochs (disabled if < 1)")
     p.add_argument("--seed", type=int, default=0, help="global training seed")
-    p.add_argument(
-        "--deterministic", action="store_true", help="use deterministic algorithms (bit-identical CPU runs)"
-    )
+    p.add_argument("--deterministic", action="store_true", help="use deterministic algorithms (bit-identical CPU runs)")
     add_local_rank(p)
     p.add_argument(
         "--nbs",
@@ -74,9 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="nominal batch size: gradients accumulate up to it (upstream: 64)",
     )
-    p.add_argument(
-        "--dist-timeout", type=float, default=1800.0, help="distributed collective timeout in seconds"
-    )
+    p.add_argument("--dist-timeout", type=float, default=1800.0, help="distributed collective timeout in seconds")
     return p
 
 

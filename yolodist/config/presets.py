@@ -52,7 +52,5 @@ def resolve_profile(flags: dict) -> dict:
     if flags.get("weights") is None and flags.get("cfg"):
         values["weights"] = ""
     if not values["weights"] and not values["cfg"] and not values.get("resume"):
-        raise BadFlag(
-            "nothing to train: give --cfg yolov5s.yaml (from scratch) or --weights path/to/model.pt"
-        )
+        raise BadFlag("nothing to train: give --cfg yolov5s.yaml (from scratch) or --weights path/to/model.pt")
     return values

@@ -66,9 +66,7 @@ class Hyp:
             raise BadConfig(
                 f"{source}: unknown hyperparameter(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
             )
-        converted = {
-            k: (float(v) if isinstance(v, int) and not isinstance(v, bool) else v) for k, v in values.items()
-        }
+        converted = {k: (float(v) if isinstance(v, int) and not isinstance(v, bool) else v) for k, v in values.items()}
         return cls(**converted)
 
     def to_dict(self) -> dict:

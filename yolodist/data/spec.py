@@ -55,9 +55,7 @@ def load_data_spec(data: str | Path | None = None) -> DataSpec:
         raise BadData(f"dataset YAML {yaml_file} must be a mapping with keys path, train, val and names.")
     for key in ("names", "train", "val"):
         if raw.get(key) in (None, "", []):
-            raise BadData(
-                f"dataset YAML {yaml_file} has no '{key}' entry; add it (see YOLOv5's coco128.yaml)."
-            )
+            raise BadData(f"dataset YAML {yaml_file} has no '{key}' entry; add it (see YOLOv5's coco128.yaml).")
     yaml_file = yaml_file.resolve()
     names = _parse_names(raw["names"], raw.get("nc"), yaml_file)
     root = _resolve_root(raw.get("path"), yaml_file)
@@ -86,13 +84,10 @@ def _parse_names(names: object, nc: object, yaml_file: Path) -> list[str]:
     elif isinstance(names, list | tuple):
         out = [str(n) for n in names]
     else:
-        raise BadData(
-            f"dataset YAML {yaml_file}: 'names' must be a list of class names or a {{0: name}} map."
-        )
+        raise BadData(f"dataset YAML {yaml_file}: 'names' must be a list of class names or a {{0: name}} map.")
     if nc is not None and (isinstance(nc, bool) or not isinstance(nc, int) or nc != len(out)):
         raise BadData(
-            f"dataset YAML {yaml_file}: nc is {nc} but {len(out)} names are given; "
-            "make them agree or drop nc."
+            f"dataset YAML {yaml_file}: nc is {nc} but {len(out)} names are given; make them agree or drop nc."
         )
     return out
 

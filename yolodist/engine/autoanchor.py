@@ -44,8 +44,14 @@ def _kmeans(points: np.ndarray, k: int, rng: np.random.Generator, iters: int = 3
     return centres
 
 
-def kmean_anchors(wh: np.ndarray, n: int = 9, img_size: int = 640, thr: float = 4.0, gen: int = 1000,
-                  rng: np.random.Generator | None = None) -> np.ndarray:
+def kmean_anchors(
+    wh: np.ndarray,
+    n: int = 9,
+    img_size: int = 640,
+    thr: float = 4.0,
+    gen: int = 1000,
+    rng: np.random.Generator | None = None,
+) -> np.ndarray:
     """``n`` anchors ``[n, 2]`` (pixels, sorted by area): k-means on whitened sizes, then evolution."""
     rng = rng or np.random.default_rng(0)
     wh = wh[(wh >= 2.0).any(1)].astype(np.float64)  # upstream ignores boxes under 2 px
@@ -74,8 +80,15 @@ def label_sizes(labels: list[np.ndarray], shapes: np.ndarray, img_size: int, rng
     return np.concatenate(parts, 0) if parts else np.zeros((0, 2))
 
 
-def check_anchors(labels: list[np.ndarray], shapes: np.ndarray, anchors_grid: torch.Tensor, stride: torch.Tensor,
-                  thr: float, img_size: int, rng: np.random.Generator) -> torch.Tensor | None:
+def check_anchors(
+    labels: list[np.ndarray],
+    shapes: np.ndarray,
+    anchors_grid: torch.Tensor,
+    stride: torch.Tensor,
+    thr: float,
+    img_size: int,
+    rng: np.random.Generator,
+) -> torch.Tensor | None:
     """New anchors ``[nl, na, 2]`` in grid units when the current ones fit badly and better ones exist."""
     wh = label_sizes(labels, np.asarray(shapes, dtype=np.float64), img_size, rng)
     if not len(wh):

@@ -15,12 +15,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from yolodist.dist.env import DistEnv
-from yolodist.dist.scope import main_first
-from yolodist.engine.checkpoint import load_checkpoint, transfer_weights
-from yolodist.engine.ema import ModelEMA
-from yolodist.engine.loss import YoloLoss, reduce_loss
-from yolodist.engine.optim import accumulate_steps, build_optimizer, lr_lambda, scaled_weight_decay
 
 from yolodist.config.io import load_hyp
 from yolodist.config.schema import Hyp, TrainConfig
@@ -29,7 +23,13 @@ from yolodist.data.loader import build_loader
 from yolodist.data.sampler import ShardedBatchSampler
 from yolodist.data.spec import DataSpec, load_data_spec
 from yolodist.dist import collectives, parallel
+from yolodist.dist.env import DistEnv
+from yolodist.dist.scope import main_first
 from yolodist.engine import autoanchor
+from yolodist.engine.checkpoint import load_checkpoint, transfer_weights
+from yolodist.engine.ema import ModelEMA
+from yolodist.engine.loss import YoloLoss, reduce_loss
+from yolodist.engine.optim import accumulate_steps, build_optimizer, lr_lambda, scaled_weight_decay
 from yolodist.errors import BadCheckpoint
 from yolodist.models import Model
 
@@ -126,9 +126,7 @@ def load_spec(cfg: TrainConfig, env: DistEnv) -> tuple[DataSpec, list[str]]:
     return spec, names
 
 
-def build_data(
-    cfg: TrainConfig, env: DistEnv, hyp: Hyp, stride: int, spec: DataSpec, names: list[str]
-) -> DataParts:
+def build_data(cfg: TrainConfig, env: DistEnv, hyp: Hyp, stride: int, spec: DataSpec, names: list[str]) -> DataParts:
     common = {
         "stride": stride,
         "single_cls": cfg.single_cls,

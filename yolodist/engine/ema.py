@@ -42,8 +42,7 @@ class ModelEMA:
         d = self.decay_at(self.updates)
         ema_f, model_f, ema_i, model_i = self._split(model)
         torch._foreach_mul_(ema_f, d)
-        torch._foreach_add_(ema_f, [m.detach().to(e.dtype) for e, m in zip(ema_f, model_f, strict=True)],
-                            alpha=1 - d)
+        torch._foreach_add_(ema_f, [m.detach().to(e.dtype) for e, m in zip(ema_f, model_f, strict=True)], alpha=1 - d)
         for e, m in zip(ema_i, model_i, strict=True):
             e.copy_(m)
 

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from yolodist.dist.session import session
-
 from yolodist.config.schema import TrainConfig
 from yolodist.dist import env as dist_env
 from yolodist.dist.parallel import check_sync_bn
+from yolodist.dist.session import session
 from yolodist.engine.trainer import fit
 from yolodist.utils.log import setup_logging
 

@@ -55,7 +55,7 @@ def lr_lambda(epochs: int, lrf: float, cos: bool) -> Callable[[int], float]:
     return lambda x: (1 - x / epochs) * (1.0 - lrf) + lrf
 
 
-def warmup(  # noqa: PLR0913 - upstream's warm-up inputs, spelled out
+def warmup(
     optimizer: torch.optim.Optimizer,
     step: int,
     warmup_steps: int,

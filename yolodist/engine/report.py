@@ -61,9 +61,7 @@ class MainReporter:
         self.bar: tqdm | None = None
 
     def epoch_start(self, epoch: int, steps: int) -> None:
-        LOGGER.info(
-            ("\n" + "%11s" * 7) % ("Epoch", "Mem", "box_loss", "obj_loss", "cls_loss", "Instances", "Size")
-        )
+        LOGGER.info(("\n" + "%11s" * 7) % ("Epoch", "Mem", "box_loss", "obj_loss", "cls_loss", "Instances", "Size"))
         self.bar = tqdm(total=steps, bar_format=BAR_FORMAT, leave=True, mininterval=1.0, dynamic_ncols=False)
         self.epoch = epoch
 

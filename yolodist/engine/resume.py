@@ -5,9 +5,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from yolodist.engine.checkpoint import load_checkpoint, load_latest_good
-
 from yolodist.config.schema import TrainConfig
+from yolodist.engine.checkpoint import load_checkpoint, load_latest_good
 from yolodist.errors import BadCheckpoint, BadFlag
 
 LOGGER = logging.getLogger(__name__)

@@ -11,11 +11,11 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+
+from yolodist.dist import collectives, parallel
 from yolodist.dist.env import DistEnv
 from yolodist.engine.ema import ModelEMA
 from yolodist.engine.loss import reduce_loss
-
-from yolodist.dist import collectives, parallel
 
 MAX_GRAD_NORM = 10.0
 

@@ -10,20 +10,22 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from yolodist.dist.env import DistEnv
-from yolodist.engine.checkpoint import build_checkpoint, save_checkpoint
-from yolodist.engine.optim import warmup
-from yolodist.utils.io import atomic_write_text, cleanup_stale_tmp
-from yolodist.utils.paths import increment_path
 
 from yolodist.config.io import dump_yaml
 from yolodist.config.schema import Hyp, TrainConfig
 from yolodist.dist import collectives
+from yolodist.dist.env import DistEnv
 from yolodist.engine import build, resume
+from yolodist.engine.checkpoint import build_checkpoint, save_checkpoint
+from yolodist.engine.ema import ModelEMA
+from yolodist.engine.optim import warmup
 from yolodist.engine.report import MainReporter, NullReporter
 from yolodist.engine.step import StepContext, train_step
 from yolodist.eval.validator import ValResult, ValSettings, validate
+from yolodist.models import Model
+from yolodist.utils.io import atomic_write_text, cleanup_stale_tmp
 from yolodist.utils.log import colorstr
+from yolodist.utils.paths import increment_path
 from yolodist.utils.seed import rng_for, seed_everything
 
 LOGGER = logging.getLogger(__name__)
@@ -73,7 +75,27 @@ def multi_scale_size(cfg: TrainConfig, epoch: int, step: int, stride: int) -> in
     return max(int(size // stride * stride), stride)
 
 
-def fit(cfg: TrainConfig, env: DistEnv) -> FitResult:
+@dataclass
+class Run:
+    """Everything one training run holds, built once by :func:`setup`."""
+
+    cfg: TrainConfig
+    env: DistEnv
+    hyp: Hyp
+    save_dir: Path
+    model: Model
+    ema: ModelEMA
+    optim: build.OptimParts
+    data: build.DataParts
+    ctx: StepContext
+    reporter: MainReporter | NullReporter
+    stride: int
+    warmup_iters: int
+    start_epoch: int
+    best_fitness: float
+
+
+def setup(cfg: TrainConfig, env: DistEnv) -> Run:
     seed_everything(cfg.seed, cfg.deterministic)
     ckpt, resume_dir = resume.load_start(cfg)
     if ckpt is not None and cfg.resume:
@@ -84,8 +106,7 @@ def fit(cfg: TrainConfig, env: DistEnv) -> FitResult:
         atomic_write_text(save_dir / "hyp.yaml", dump_yaml(hyp.to_dict()))
         atomic_write_text(save_dir / "opt.yaml", dump_yaml(cfg.to_dict()))
         LOGGER.info(colorstr("hyperparameters: ") + ", ".join(f"{k}={v}" for k, v in hyp.to_dict().items()))
-
-    # The model's grid size is needed by the data pipeline; build the model first.
+    # The data pipeline needs the model's grid size, and the model the dataset's classes.
     spec, names = build.load_spec(cfg, env)
     model = build.build_model(cfg, hyp, len(names), names, ckpt)
     stride = max(int(model.stride.max()), 32)
@@ -99,72 +120,60 @@ def fit(cfg: TrainConfig, env: DistEnv) -> FitResult:
     ema = build.make_ema(model, ckpt if cfg.resume else None)
     start_epoch, best_fitness = resume.restore_training(cfg, ckpt, optim, ema)
     net = build.wrap_model(model, env, cfg)
-    loss_fn = build.LossFn(model, len(data.names), hyp, cfg)
-    ctx = StepContext(
-        net,
-        model,
-        loss_fn,
-        optim.optimizer,
-        optim.scaler,
-        ema,
-        env,
-        cfg.batch_size,
-        amp=env.device.type == "cuda",
-    )
+    loss_fn = build.LossFn(model, len(names), hyp, cfg)
+    amp = env.device.type == "cuda"
+    ctx = StepContext(net, model, loss_fn, optim.optimizer, optim.scaler, ema, env, cfg.batch_size, amp=amp)
     reporter = MainReporter(save_dir, cfg.epochs, env.device) if env.is_main else NullReporter()
+    warmup_iters = build.warmup_iterations(cfg, hyp, len(data.train_loader))
+    return Run(
+        cfg, env, hyp, save_dir, model, ema, optim, data, ctx, reporter, stride, warmup_iters, start_epoch, best_fitness
+    )
+
+
+def fit(cfg: TrainConfig, env: DistEnv) -> FitResult:
+    """Train for the configured epochs: train, validate the EMA, save, report; stop early when told."""
+    run = setup(cfg, env)
+    cfg = run.cfg
     stopper = EarlyStopping(cfg.patience)
-    steps = len(data.train_loader)
-    warmup_iters = build.warmup_iterations(cfg, hyp, steps)
     LOGGER.info(
         f"Image sizes {cfg.imgsz} train, {cfg.imgsz} val; {env.world_size} process(es) x "
-        f"{cfg.batch_size // env.world_size} images; accumulating {optim.accumulate} batch(es) per step\n"
-        f"Logging results to {colorstr(str(save_dir), 'bold')}\nStarting training for {cfg.epochs} epochs..."
+        f"{cfg.batch_size // env.world_size} images; accumulating {run.optim.accumulate} batch(es) per step\n"
+        f"Logging results to {colorstr(str(run.save_dir), 'bold')}\nStarting training for {cfg.epochs} epochs..."
     )
     t0 = time.time()
     result = ValResult()
-    epoch = start_epoch - 1
-    for epoch in range(start_epoch, cfg.epochs):
-        train_losses = train_one_epoch(ctx, data, cfg, hyp, optim, epoch, warmup_iters, reporter, stride)
-        lrs = [group["lr"] for group in optim.optimizer.param_groups]
-        optim.scheduler.step()
+    epoch = run.start_epoch - 1
+    for epoch in range(run.start_epoch, cfg.epochs):
+        train_losses = train_one_epoch(run, epoch)
+        lrs = [group["lr"] for group in run.optim.optimizer.param_groups]
+        run.optim.scheduler.step()
         final_epoch = epoch + 1 == cfg.epochs
-        if data.val_loader is not None and (not cfg.noval or final_epoch):
+        if run.data.val_loader is not None and (not cfg.noval or final_epoch):
+            settings = ValSettings(single_cls=cfg.single_cls)
             result = validate(
-                ema.ema,
-                data.val_loader,
-                env,
-                data.names,
-                ValSettings(single_cls=cfg.single_cls),
-                loss_fn=loss_fn.items,
+                run.ema.ema, run.data.val_loader, env, run.data.names, settings, loss_fn=run.ctx.loss_fn.items
             )
-            reporter.validation(result, per_class=final_epoch)
-        best_fitness = max(best_fitness, result.fitness)
-        reporter.results_row(epoch, train_losses, result, lrs)
+            run.reporter.validation(result, per_class=final_epoch)
+        run.best_fitness = max(run.best_fitness, result.fitness)
+        run.reporter.results_row(epoch, train_losses, result, lrs)
         stop = collectives.broadcast_object(stopper(epoch, result.fitness) if env.is_main else None, env)
         if env.is_main and (not cfg.nosave or final_epoch or stop):
-            save_epoch(cfg, save_dir, epoch, model, ema, optim, best_fitness, result, hyp, data.names)
+            save_epoch(run, epoch, result)
         if stop:
             break
     if env.is_main:
         hours = (time.time() - t0) / 3600
         LOGGER.info(
-            f"\n{epoch - start_epoch + 1} epochs completed in {hours:.3f} hours.\n"
-            f"Results saved to {colorstr(str(save_dir), 'bold')}"
+            f"\n{epoch - run.start_epoch + 1} epochs completed in {hours:.3f} hours.\n"
+            f"Results saved to {colorstr(str(run.save_dir), 'bold')}"
         )
-    return FitResult(save_dir, epoch - start_epoch + 1, best_fitness, result)
+    return FitResult(run.save_dir, epoch - run.start_epoch + 1, run.best_fitness, result)
 
 
-def train_one_epoch(  # noqa: PLR0913 - the pieces one epoch touches
-    ctx: StepContext,
-    data,
-    cfg: TrainConfig,
-    hyp: Hyp,
-    optim,
-    epoch: int,
-    warmup_iters: int,
-    reporter,
-    stride: int,
-) -> list[float]:
+def train_one_epoch(run: Run, epoch: int) -> list[float]:
+    """One pass over this rank's shard; returns the epoch's mean (box, obj, cls) losses over all ranks."""
+    ctx, data, cfg, hyp, optim, reporter = run.ctx, run.data, run.cfg, run.hyp, run.optim, run.reporter
+    warmup_iters, stride = run.warmup_iters, run.stride
     ctx.net.train()
     data.train_sampler.set_epoch(epoch)
     steps = len(data.train_loader)
@@ -207,34 +216,25 @@ def train_one_epoch(  # noqa: PLR0913 - the pieces one epoch touches
     return mean_losses.tolist()
 
 
-def save_epoch(
-    cfg: TrainConfig,
-    save_dir: Path,
-    epoch: int,
-    model,
-    ema,
-    optim,
-    best_fitness: float,
-    result: ValResult,
-    hyp: Hyp,
-    names: list[str],
-) -> None:
+def save_epoch(run: Run, epoch: int, result: ValResult) -> None:
+    """last.pt every epoch (the previous one kept as last.prev.pt), best.pt on a new best, epochN.pt by period."""
+    optim = run.optim
     ckpt = build_checkpoint(
-        model_state=model.state_dict(),
-        ema_state=ema.ema.state_dict(),
-        ema_updates=ema.updates,
+        model_state=run.model.state_dict(),
+        ema_state=run.ema.ema.state_dict(),
+        ema_updates=run.ema.updates,
         optimizer_state=optim.optimizer.state_dict(),
         epoch=epoch,
-        best_fitness=best_fitness,
-        opt=cfg.to_dict(),
-        yaml=model.yaml,
-        names=names,
-        hyp=hyp.to_dict(),
+        best_fitness=run.best_fitness,
+        opt=run.cfg.to_dict(),
+        yaml=run.model.yaml,
+        names=run.data.names,
+        hyp=run.hyp.to_dict(),
         extra={"scaler": optim.scaler.state_dict(), "fitness": result.fitness},
     )
-    weights = save_dir / "weights"
+    weights = run.save_dir / "weights"
     save_checkpoint(ckpt, weights / "last.pt")
-    if result.fitness >= best_fitness:
+    if result.fitness >= run.best_fitness:
         save_checkpoint(ckpt, weights / "best.pt", keep_previous=False)
-    if cfg.save_period > 0 and epoch % cfg.save_period == 0:
+    if run.cfg.save_period > 0 and epoch % run.cfg.save_period == 0:
         save_checkpoint(ckpt, weights / f"epoch{epoch}.pt", keep_previous=False)

@@ -69,8 +69,9 @@ class APResult:
     py: list  # PR curves at IoU 0.5, one per class
 
 
-def ap_per_class(tp: np.ndarray, conf: np.ndarray, pred_cls: np.ndarray, target_cls: np.ndarray,
-                 eps: float = 1e-16) -> APResult:
+def ap_per_class(
+    tp: np.ndarray, conf: np.ndarray, pred_cls: np.ndarray, target_cls: np.ndarray, eps: float = 1e-16
+) -> APResult:
     """Precision, recall, F1 and AP per target class from per-detection TP flags ``[n, t]``."""
     order = np.argsort(-conf, kind="stable")
     tp, conf, pred_cls = tp[order], conf[order], pred_cls[order]

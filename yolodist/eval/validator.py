@@ -14,12 +14,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from torch import nn
-from yolodist.dist.env import DistEnv
-from yolodist.eval.metrics import ap_per_class, match_predictions
-from yolodist.ops.nms import non_max_suppression
 
 from yolodist.dist import collectives
+from yolodist.dist.env import DistEnv
+from yolodist.eval.metrics import ap_per_class, match_predictions
 from yolodist.ops.boxes import scale_boxes, xywh2xyxy
+from yolodist.ops.nms import non_max_suppression
 
 LOGGER = logging.getLogger(__name__)
 IOU_THRESHOLDS = torch.linspace(0.5, 0.95, 10)
@@ -179,8 +179,7 @@ def format_table(result: ValResult, per_class: bool) -> str:
     row = "%22s" + "%11i" * 2 + "%11.3g" * 4
     lines = [
         header,
-        row
-        % ("all", result.images, result.instances, result.precision, result.recall, result.map50, result.map),
+        row % ("all", result.images, result.instances, result.precision, result.recall, result.map50, result.map),
     ]
     if per_class:
         for c in result.per_class:

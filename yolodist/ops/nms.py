@@ -8,7 +8,7 @@ import torchvision
 from yolodist.ops.boxes import xywh2xyxy
 
 
-def non_max_suppression(  # noqa: PLR0913 - upstream's knobs, by name
+def non_max_suppression(
     prediction: torch.Tensor,
     conf_thres: float = 0.25,
     iou_thres: float = 0.45,

@@ -1,0 +1,1 @@
+"""Measuring: validation over (sharded) data and detection metrics."""
