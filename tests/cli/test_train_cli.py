@@ -130,3 +130,46 @@ def test_user_errors_are_one_line(tmp_path, argv, message):
     assert proc.returncode != 0
     assert message in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_training_flags_work_together(tmp_path, tiny_shapes):
+    """--rect --cache --multi-scale --single-cls --freeze --cos-lr --label-smoothing --noval --nosave --optimizer."""
+    run, out = train(
+        tmp_path,
+        tiny_shapes,
+        "--epochs",
+        "2",
+        "--rect",
+        "--cache",
+        "ram",
+        "--multi-scale",
+        "--single-cls",
+        "--freeze",
+        "3",
+        "--cos-lr",
+        "--label-smoothing",
+        "0.1",
+        "--noval",
+        "--nosave",
+        "--optimizer",
+        "Adam",
+        "--noautoanchor",
+        "--seed",
+        "5",
+    )
+    ckpt = torch.load(run / "weights" / "last.pt", weights_only=True)
+    assert ckpt["names"] == ["item"] and ckpt["nc"] == 1
+    assert ckpt["opt"]["rect"] and ckpt["opt"]["optimizer"] == "Adam" and ckpt["opt"]["freeze"] == [3]
+    assert "Freezing layers [0, 1, 2]" in out
+    # Frozen layers keep their initial values; later layers trained.
+    from yolodist.models import Model
+    from yolodist.utils.seed import seed_everything
+
+    seed_everything(5)
+    initial = Model("yolov5n.yaml", nc=1).state_dict()
+    assert torch.equal(ckpt["model"]["model.0.conv.weight"], initial["model.0.conv.weight"])
+    assert torch.equal(ckpt["model"]["model.2.cv1.conv.weight"], initial["model.2.cv1.conv.weight"])
+    assert not torch.equal(ckpt["model"]["model.24.m.0.weight"], initial["model.24.m.0.weight"])
+    rows = list(csv.reader(open(run / "results.csv")))
+    assert len(rows) == 3
+    assert float(rows[1][6]) == 0.0 and float(rows[2][6]) >= 0.0  # --noval: only the final epoch validated
