@@ -24,7 +24,7 @@ test: lint
 	OMP_NUM_THREADS=1 $(PY) -m pytest
 
 bench: $(STAMP)
-	$(PY) bench/train_speed.py
+	$(PY) bench/ddp_scaling.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache

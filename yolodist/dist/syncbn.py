@@ -54,45 +54,38 @@ class CpuSyncBatchNorm(nn.modules.batchnorm._BatchNorm):
         self.running_var.lerp_(unbiased.to(self.running_var.dtype), momentum)
 
 
+def _move_state(source: nn.Module, target: nn.Module) -> nn.Module:
+    """Give ``target`` the very Parameter and buffer objects of ``source``.
+
+    Sharing, not copying: an optimiser built before the conversion keeps updating the same tensors.
+    """
+    if source.affine:
+        target.weight, target.bias = source.weight, source.bias
+    if source.track_running_stats:
+        target.running_mean, target.running_var = source.running_mean, source.running_var
+        target.num_batches_tracked = source.num_batches_tracked
+    return target.train(source.training)
+
+
 def convert(module: nn.Module) -> nn.Module:
-    """Replace every BatchNorm (1d/2d/3d) in ``module`` by CpuSyncBatchNorm, keeping parameters and buffers."""
+    """Replace every BatchNorm (1d/2d/3d) in ``module`` by CpuSyncBatchNorm sharing its parameters and buffers."""
     if isinstance(module, nn.modules.batchnorm._BatchNorm) and not isinstance(module, CpuSyncBatchNorm):
-        reference = module.running_mean if module.running_mean is not None else module.weight
         new = CpuSyncBatchNorm(
-            module.num_features,
-            module.eps,
-            module.momentum,
-            module.affine,
-            module.track_running_stats,
-            device=reference.device,
-            dtype=reference.dtype,
+            module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats, device="meta"
         )
-        new.load_state_dict(module.state_dict())
-        new.train(module.training)
-        if module.affine:
-            new.weight.requires_grad_(module.weight.requires_grad)
-            new.bias.requires_grad_(module.bias.requires_grad)
-        return new
+        return _move_state(module, new)
     for name, child in module.named_children():
         module.add_module(name, convert(child))
     return module
 
 
 def revert(module: nn.Module) -> nn.Module:
-    """CpuSyncBatchNorm back to BatchNorm2d (the same state dict)."""
+    """CpuSyncBatchNorm back to BatchNorm2d, sharing the same parameters and buffers."""
     if isinstance(module, CpuSyncBatchNorm):
-        reference = module.running_mean if module.running_mean is not None else module.weight
         new = nn.BatchNorm2d(
-            module.num_features,
-            module.eps,
-            module.momentum,
-            module.affine,
-            module.track_running_stats,
-            device=reference.device,
-            dtype=reference.dtype,
+            module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats, device="meta"
         )
-        new.load_state_dict(module.state_dict())
-        return new.train(module.training)
+        return _move_state(module, new)
     for name, child in module.named_children():
         module.add_module(name, revert(child))
     return module

@@ -178,6 +178,7 @@ def train_one_epoch(run: Run, epoch: int) -> list[float]:
     data.train_sampler.set_epoch(epoch)
     steps = len(data.train_loader)
     reporter.epoch_start(epoch, steps)
+    started = time.perf_counter()
     loss_sum = torch.zeros(3, device=ctx.env.device)
     mean_losses = torch.zeros(3)
     last_update, logged = -1, 0
@@ -213,6 +214,12 @@ def train_one_epoch(run: Run, epoch: int) -> list[float]:
             reporter.step(mean_losses, int(targets.shape[0]), imgs.shape[-1], advance=i + 1 - logged)
             logged = i + 1
     reporter.epoch_end()
+    seconds = time.perf_counter() - started
+    # Throughput over all ranks, training only (validation excluded); bench/ reads this line.
+    LOGGER.info(
+        f"epoch {epoch}: {steps * cfg.batch_size} images in {seconds:.1f} s "
+        f"({steps * cfg.batch_size / seconds:.1f} images/s)"
+    )
     return mean_losses.tolist()
 
 
