@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import socket
 import sys
 import textwrap
+import time
 
 import pytest
 import torch
@@ -55,9 +57,19 @@ SYNCBN_PROBE = textwrap.dedent(
 
 def torchrun(args: list[str], cwd, nproc: int = 2, timeout: float = 240):
     return run_script(
-        ["-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_addr", "127.0.0.1",
-         "--master_port", str(free_port()), *args],
-        cwd=cwd, timeout=timeout,
+        [
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            str(nproc),
+            "--master_addr",
+            "127.0.0.1",
+            "--master_port",
+            str(free_port()),
+            *args,
+        ],
+        cwd=cwd,
+        timeout=timeout,
     )
 
 
@@ -76,9 +88,30 @@ def test_cpu_syncbn_equals_full_batch_batchnorm(tmp_path):
 @pytest.mark.timeout(300)
 def test_ddp_two_ranks_train_with_sync_bn(tmp_path, tiny_shapes):
     proc = torchrun(
-        [str(ROOT / "train.py"), "--data", str(tiny_shapes), "--cfg", "yolov5n.yaml", "--weights", "", "--img", "64",
-         "--batch", "4", "--epochs", "1", "--workers", "0", "--device", "cpu", "--sync-bn",
-         "--project", str(tmp_path / "runs"), "--name", "ddp"],
+        [
+            str(ROOT / "train.py"),
+            "--data",
+            str(tiny_shapes),
+            "--cfg",
+            "yolov5n.yaml",
+            "--weights",
+            "",
+            "--img",
+            "64",
+            "--batch",
+            "4",
+            "--epochs",
+            "1",
+            "--workers",
+            "0",
+            "--device",
+            "cpu",
+            "--sync-bn",
+            "--project",
+            str(tmp_path / "runs"),
+            "--name",
+            "ddp",
+        ],
         cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
@@ -110,9 +143,28 @@ def _max_rel_diff(a: dict, b: dict) -> float:
 @pytest.mark.timeout(400)
 def test_world_size_invariance_with_sync_bn(tmp_path, tiny_shapes):
     """1 process x batch 8 and 2 ranks x 4 follow the same trajectory with --sync-bn; without it they do not."""
-    common = [str(ROOT / "train.py"), "--data", str(tiny_shapes), "--cfg", "yolov5n.yaml", "--weights", "",
-              "--img", "64", "--batch", "8", "--epochs", "2", "--workers", "0", "--device", "cpu", "--deterministic",
-              "--project", str(tmp_path / "runs")]
+    common = [
+        str(ROOT / "train.py"),
+        "--data",
+        str(tiny_shapes),
+        "--cfg",
+        "yolov5n.yaml",
+        "--weights",
+        "",
+        "--img",
+        "64",
+        "--batch",
+        "8",
+        "--epochs",
+        "2",
+        "--workers",
+        "0",
+        "--device",
+        "cpu",
+        "--deterministic",
+        "--project",
+        str(tmp_path / "runs"),
+    ]
     one = run_script([*common, "--name", "one"], cwd=tmp_path)
     assert one.returncode == 0, one.stderr[-3000:]
     two = torchrun([*common, "--name", "two", "--sync-bn"], cwd=tmp_path)
@@ -124,3 +176,70 @@ def test_world_size_invariance_with_sync_bn(tmp_path, tiny_shapes):
     assert _max_rel_diff(a["model"], b["model"]) < 1e-4
     assert _max_rel_diff(a["ema"], b["ema"]) < 1e-4
     assert _max_rel_diff(a["model"], c["model"]) > 1e-3  # per-rank BatchNorm statistics change the result
+
+
+@pytest.mark.timeout(60)
+def test_launch_shortcut_reports_a_busy_port(tmp_path):
+    with socket.socket() as held:
+        held.bind(("", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        started = time.monotonic()
+        proc = run_script(
+            [
+                "-m",
+                "yolodist.cli",
+                "train",
+                "--nproc-per-node",
+                "2",
+                "--master-port",
+                str(port),
+                "--device",
+                "cpu",
+                "--batch",
+                "4",
+            ],
+            cwd=tmp_path,
+        )
+    assert time.monotonic() - started < 15
+    assert proc.returncode != 0
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and str(port) in lines[0] and "--master-port" in lines[0], proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.timeout(300)
+def test_launch_shortcut_trains_two_ranks(tmp_path, tiny_shapes):
+    proc = run_script(
+        [
+            "-m",
+            "yolodist.cli",
+            "train",
+            "--nproc-per-node",
+            "2",
+            "--data",
+            str(tiny_shapes),
+            "--cfg",
+            "yolov5n.yaml",
+            "--weights",
+            "",
+            "--img",
+            "64",
+            "--batch",
+            "4",
+            "--epochs",
+            "1",
+            "--workers",
+            "0",
+            "--device",
+            "cpu",
+            "--project",
+            str(tmp_path / "runs"),
+            "--name",
+            "short",
+        ],
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "2 process(es) x 2 images" in proc.stdout
+    assert (tmp_path / "runs" / "short" / "weights" / "last.pt").is_file()

@@ -65,19 +65,74 @@ def build_parser() -> argparse.ArgumentParser:
         help="nominal batch size: gradients accumulate up to it (upstream: 64)",
     )
     p.add_argument("--dist-timeout", type=float, default=1800.0, help="distributed collective timeout in seconds")
+    add_launch_flags(p)
     return p
 
 
+def add_launch_flags(p: argparse.ArgumentParser) -> None:
+    """Our launch shortcut: start the DDP job through torch.distributed.run from this command."""
+    group = p.add_argument_group("launch shortcut (instead of python -m torch.distributed.run)")
+    group.add_argument(
+        "--nproc-per-node",
+        "--nproc_per_node",
+        dest="nproc_per_node",
+        type=int,
+        default=None,
+        help="processes on this machine",
+    )
+    group.add_argument("--nnodes", type=int, default=1, help="number of machines")
+    group.add_argument("--node-rank", "--node_rank", dest="node_rank", type=int, default=0, help="this machine's rank")
+    group.add_argument(
+        "--master-addr", "--master_addr", dest="master_addr", default="127.0.0.1", help="address of machine 0"
+    )
+    group.add_argument(
+        "--master-port",
+        "--master_port",
+        dest="master_port",
+        type=int,
+        default=None,
+        help="port on machine 0 (default: a free port, single machine only)",
+    )
+
+
+LAUNCH_FLAGS = ("nproc_per_node", "nnodes", "node_rank", "master_addr", "master_port")
+
+
+def strip_launch_flags(argv: list[str]) -> list[str]:
+    """``argv`` without the launch-shortcut flags, for the processes the launcher starts."""
+    names = {f"--{n}" for n in LAUNCH_FLAGS} | {f"--{n.replace('_', '-')}" for n in LAUNCH_FLAGS}
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+            continue
+        name = arg.split("=", 1)[0]
+        if name in names:
+            skip = "=" not in arg
+            continue
+        out.append(arg)
+    return out
+
+
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    values = resolve_profile(vars(args))
+    values = resolve_profile({k: v for k, v in vars(args).items() if k not in LAUNCH_FLAGS})
     freeze = values.pop("freeze")
     return TrainConfig(**values, freeze=tuple(freeze))
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser().parse_args(argv)
 
     def body() -> int:
+        from yolodist.dist import launcher
+
+        if args.nproc_per_node and not launcher.under_launcher():
+            config_from_args(args).check_world(args.nproc_per_node * args.nnodes)  # fail before launching
+            where = launcher.launch_args(
+                args.nproc_per_node, args.nnodes, args.node_rank, args.master_addr, args.master_port
+            )
+            return launcher.launch(where, "yolodist.cli", ["train", *strip_launch_flags(argv)])
         from yolodist.engine.launch import train  # heavy imports only after the flags are fine
 
         return train(config_from_args(args))
