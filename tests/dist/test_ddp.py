@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
+import subprocess
 import sys
 import textwrap
 import time
@@ -243,3 +245,88 @@ def test_launch_shortcut_trains_two_ranks(tmp_path, tiny_shapes):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "2 process(es) x 2 images" in proc.stdout
     assert (tmp_path / "runs" / "short" / "weights" / "last.pt").is_file()
+
+
+def _tiny_train_args(tiny_shapes, tmp_path, name: str) -> list[str]:
+    return [
+        str(ROOT / "train.py"),
+        "--data",
+        str(tiny_shapes),
+        "--cfg",
+        "yolov5n.yaml",
+        "--weights",
+        "",
+        "--img",
+        "64",
+        "--batch",
+        "4",
+        "--epochs",
+        "1",
+        "--workers",
+        "0",
+        "--device",
+        "cpu",
+        "--project",
+        str(tmp_path / "runs"),
+        "--name",
+        name,
+    ]
+
+
+@pytest.mark.timeout(300)
+def test_two_nodes_on_loopback(tmp_path, tiny_shapes):
+    """Two launchers, --nnodes 2 --node_rank 0/1, one process each, master 127.0.0.1: output on node 0 only."""
+    port = str(free_port())
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    nodes = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--nproc_per_node",
+                "1",
+                "--nnodes",
+                "2",
+                "--node_rank",
+                str(rank),
+                "--master_addr",
+                "127.0.0.1",
+                "--master_port",
+                port,
+                *_tiny_train_args(tiny_shapes, tmp_path / f"node{rank}", "two_nodes"),
+            ],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for rank in (0, 1)
+    ]
+    outputs = [node.communicate(timeout=240) for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], outputs[0][1][-2000:] + outputs[1][1][-2000:]
+    assert "Starting training" in outputs[0][0] and "Starting training" not in outputs[1][0]
+    assert "2 process(es) x 2 images" in outputs[0][0]
+    assert (tmp_path / "node0" / "runs" / "two_nodes" / "weights" / "last.pt").is_file()
+    assert not (tmp_path / "node1" / "runs").exists()  # only the global main rank writes the run
+
+
+@pytest.mark.timeout(300)
+def test_legacy_launch_passes_local_rank(tmp_path, tiny_shapes):
+    proc = run_script(
+        [
+            "-m",
+            "torch.distributed.launch",
+            "--nproc-per-node",
+            "2",
+            "--master_addr",
+            "127.0.0.1",
+            "--master_port",
+            str(free_port()),
+            *_tiny_train_args(tiny_shapes, tmp_path, "legacy"),
+        ],
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (tmp_path / "runs" / "legacy" / "weights" / "last.pt").is_file()
