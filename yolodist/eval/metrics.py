@@ -25,19 +25,25 @@ def match_predictions(detections: torch.Tensor, labels: torch.Tensor, iouv: torc
         iou = box_iou(labels[:, 1:], detections[:, :4]).cpu().numpy()
         same_class = (labels[:, 0:1] == detections[:, 5]).cpu().numpy()
         for k, threshold in enumerate(iouv.tolist()):
-            li, di = np.nonzero((iou >= threshold) & same_class)
-            if not li.size:
-                continue
-            order = np.argsort(-iou[li, di], kind="stable")
-            li, di = li[order], di[order]
-            # Greedy by IoU: keep the first (best) pair for each detection, then for each label.
-            _, first_det = np.unique(di, return_index=True)
-            li, di = li[first_det], di[first_det]
-            order = np.argsort(-iou[li, di], kind="stable")
-            li, di = li[order], di[order]
-            _, first_label = np.unique(li, return_index=True)
-            correct[di[first_label], k] = True
+            _, di = greedy_pairs(iou, (iou >= threshold) & same_class)
+            correct[di, k] = True
     return torch.from_numpy(correct)
+
+
+def greedy_pairs(iou: np.ndarray, allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One-to-one (label, detection) pairs among ``allowed`` ``[m, n]``, highest IoU first.
+
+    Vectorised: sort candidate pairs by IoU, keep each detection's best pair, then each label's best.
+    """
+    li, di = np.nonzero(allowed)
+    if not li.size:
+        return li, di
+    for key in (1, 0):  # detections first, then labels
+        order = np.argsort(-iou[li, di], kind="stable")
+        li, di = li[order], di[order]
+        _, first = np.unique(di if key == 1 else li, return_index=True)
+        li, di = li[first], di[first]
+    return li, di
 
 
 def compute_ap(recall: np.ndarray, precision: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
@@ -123,17 +129,7 @@ class ConfusionMatrix:
         detections = detections[detections[:, 4] > self.conf]
         dc = detections[:, 5].int().tolist()
         iou = box_iou(labels[:, 1:], detections[:, :4]).cpu().numpy() if len(gt) else np.zeros((0, len(dc)))
-        li, di = np.nonzero(iou > self.iou_thres)
-        pairs = np.zeros((0, 2), dtype=int)
-        if li.size:
-            order = np.argsort(-iou[li, di], kind="stable")
-            li, di = li[order], di[order]
-            _, keep = np.unique(di, return_index=True)
-            li, di = li[keep], di[keep]
-            order = np.argsort(-iou[li, di], kind="stable")
-            li, di = li[order], di[order]
-            _, keep = np.unique(li, return_index=True)
-            pairs = np.stack([li[keep], di[keep]], 1)
+        pairs = np.stack(greedy_pairs(iou, iou > self.iou_thres), 1).astype(int)
         matched_gt, matched_det = set(pairs[:, 0].tolist()), set(pairs[:, 1].tolist())
         for g_i, d_i in pairs:
             self.matrix[dc[d_i], gt[g_i]] += 1
