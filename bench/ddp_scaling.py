@@ -1,6 +1,6 @@
 """Training throughput on 1 vs N processes (CPU, gloo, one thread per process) and the scaling efficiency.
 
-    python bench/ddp_scaling.py [--ranks 1 2] [--img 192] [--batch 16] [--epochs 2]
+    python bench/ddp_scaling.py [--ranks 1 2] [--img 192] [--batch 16] [--epochs 2] [--workers 0]
 
 Each configuration runs ``train.py`` on the built-in shapes data through ``torch.distributed.run``
 (one process runs without the launcher) with the same total batch, so every configuration does the
@@ -44,7 +44,7 @@ def run(ranks: int, args: argparse.Namespace, workdir: Path) -> dict:
         "--noval",
         "--noautoanchor",
         "--workers",
-        "1",
+        str(args.workers),
         "--device",
         "cpu",
         "--project",
@@ -91,6 +91,8 @@ def main() -> None:
     parser.add_argument("--img", type=int, default=192)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--epochs", type=int, default=2)
+    # 0: each process loads its own data in its one thread, so N processes use exactly N cores.
+    parser.add_argument("--workers", type=int, default=0)
     args = parser.parse_args()
     workdir = ROOT / "bench" / "results"
     workdir.mkdir(parents=True, exist_ok=True)

@@ -36,4 +36,4 @@ def test_warmup_length_as_upstream():
     assert warmup_iterations(cfg, Hyp(warmup_epochs=3), 10) == 100  # at least 100 iterations
     assert warmup_iterations(cfg, Hyp(warmup_epochs=3), 1000) == 3000
     assert warmup_iterations(TrainConfig(epochs=2), Hyp(warmup_epochs=3), 10) == 10  # at most half the run
-    assert warmup_iterations(cfg, Hyp(warmup_epochs=0), 10) == 0
+    assert warmup_iterations(cfg, Hyp(warmup_epochs=0), 10) == 100  # upstream warms up 100 iterations even then

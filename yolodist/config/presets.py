@@ -27,7 +27,7 @@ DEMO = {
     "weights": "",
     "cfg": "yolov5n.yaml",
     "hyp": "hyp.shapes-demo.yaml",
-    "epochs": 14,
+    "epochs": 16,
     "batch_size": 16,
     "imgsz": 192,
     "nbs": 16,

@@ -29,7 +29,7 @@ from yolodist.engine import autoanchor
 from yolodist.engine.checkpoint import load_checkpoint, transfer_weights
 from yolodist.engine.ema import ModelEMA
 from yolodist.engine.loss import YoloLoss, reduce_loss
-from yolodist.engine.optim import accumulate_steps, build_optimizer, lr_lambda, scaled_weight_decay
+from yolodist.engine.optim import accumulate_steps, build_optimizer, lr_lambda, scaled_weight_decay, warmup_steps
 from yolodist.errors import BadCheckpoint
 from yolodist.models import Model
 
@@ -218,14 +218,13 @@ def wrap_model(model: nn.Module, env: DistEnv, cfg: TrainConfig) -> nn.Module:
 def make_ema(model: nn.Module, ckpt: dict | None) -> ModelEMA:
     ema = ModelEMA(model)
     if ckpt is not None and ckpt.get("ema"):
-        ema.ema.load_state_dict(ckpt["ema"])
-        ema.updates = int(ckpt.get("updates", 0))
+        ema.load_state_dict(ckpt["ema"], updates=int(ckpt.get("updates", 0)))
     return ema
 
 
 def warmup_iterations(cfg: TrainConfig, hyp: Hyp, steps_per_epoch: int) -> int:
     """Warm-up length as upstream: warmup_epochs, at least min_warmup_iters, at most half the run."""
-    iters = max(round(hyp.warmup_epochs * steps_per_epoch), cfg.min_warmup_iters) if hyp.warmup_epochs else 0
+    iters = warmup_steps(hyp.warmup_epochs, steps_per_epoch, minimum=cfg.min_warmup_iters)
     return int(min(iters, math.ceil(cfg.epochs * steps_per_epoch / 2)))
 
 

@@ -1,0 +1,177 @@
+"""Optimiser groups, weight-decay scaling, LR schedules and warm-up, as upstream YOLOv5."""
+
+import itertools
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from yolodist.engine.optim import (
+    accumulate_steps,
+    build_optimizer,
+    lr_lambda,
+    param_groups,
+    scaled_weight_decay,
+    warmup,
+    warmup_steps,
+)
+from yolodist.errors import BadFlag
+
+
+class MyBN(nn.modules.batchnorm._BatchNorm):
+    """Stands in for our CPU SyncBN: a _BatchNorm subclass that is not a torch.nn class."""
+
+    def _check_input_dim(self, x):
+        pass
+
+
+def model_zoo() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 3, bias=False),  # weight -> decay
+        nn.BatchNorm2d(4),  # weight -> norm, bias -> bias
+        nn.Conv2d(4, 4, 1),  # weight -> decay, bias -> bias
+        MyBN(4),  # weight -> norm, bias -> bias
+        nn.GroupNorm(2, 4),  # weight -> norm, bias -> bias
+        nn.Flatten(),
+        nn.LayerNorm(4 * 6 * 6),  # weight -> norm, bias -> bias
+        nn.Linear(4 * 6 * 6, 2),  # weight -> decay, bias -> bias
+    )
+
+
+def ids(params):
+    return {id(p) for p in params}
+
+
+def test_param_groups_classify_every_parameter_once():
+    m = model_zoo()
+    weights, norms, biases = param_groups(m)
+    assert ids(weights) == ids([m[0].weight, m[2].weight, m[7].weight])
+    assert ids(norms) == ids([m[1].weight, m[3].weight, m[4].weight, m[6].weight])
+    assert ids(biases) == ids([m[1].bias, m[2].bias, m[3].bias, m[4].bias, m[6].bias, m[7].bias])
+    assert len(weights) + len(norms) + len(biases) == len(list(m.parameters()))
+
+
+def test_shared_parameter_listed_once():
+    conv = nn.Conv2d(2, 2, 1)
+    m = nn.Sequential(conv, nn.ReLU(), conv)  # the same module twice
+    weights, _, biases = param_groups(m)
+    assert len(weights) == 1 and len(biases) == 1
+    build_optimizer(m, "SGD", 0.01, 0.9, 5e-4)  # torch refuses a parameter in two groups
+
+
+def test_sgd_groups_in_upstream_order():
+    m = model_zoo()
+    opt = build_optimizer(m, "SGD", lr=0.01, momentum=0.937, decay=5e-4)
+    g0, g1, g2 = opt.param_groups
+    assert len(g0["params"]) == 6 and len(g1["params"]) == 3 and len(g2["params"]) == 4
+    assert [g["weight_decay"] for g in opt.param_groups] == [0.0, 5e-4, 0.0]
+    assert all(g["nesterov"] and g["momentum"] == 0.937 and g["lr"] == 0.01 for g in opt.param_groups)
+
+
+@pytest.mark.parametrize("name", ["Adam", "AdamW"])
+def test_adam_variants(name):
+    opt = build_optimizer(model_zoo(), name, lr=0.001, momentum=0.9, decay=5e-4)
+    assert type(opt).__name__ == name
+    assert [g["weight_decay"] for g in opt.param_groups] == [0.0, 5e-4, 0.0]
+    assert all(g["betas"] == (0.9, 0.999) for g in opt.param_groups)
+
+
+def test_unknown_optimizer_is_a_flag_error():
+    with pytest.raises(BadFlag, match="SGD, Adam, AdamW"):
+        build_optimizer(model_zoo(), "RMSProp", 0.01, 0.9, 5e-4)
+
+
+def test_decay_only_shrinks_group_one():
+    m = model_zoo()
+    with torch.no_grad():
+        for p in m.parameters():
+            p.fill_(1.0)
+    opt = build_optimizer(m, "SGD", lr=0.1, momentum=0.0, decay=0.5)  # momentum 0: plain SGD
+    assert not opt.param_groups[0]["nesterov"]
+    for p in m.parameters():
+        p.grad = torch.zeros_like(p)  # only weight decay moves anything
+    opt.step()
+    weights, norms, biases = param_groups(m)
+    assert all(torch.allclose(p, torch.full_like(p, 0.95)) for p in weights)  # 1 - 0.1 * 0.5
+    assert all(torch.equal(p, torch.ones_like(p)) for p in norms + biases)
+
+
+def test_model_without_biases_keeps_three_groups():
+    opt = build_optimizer(nn.Conv2d(3, 4, 3, bias=False), "SGD", 0.01, 0.9, 5e-4)
+    assert [len(g["params"]) for g in opt.param_groups] == [0, 1, 0]
+
+
+def test_accumulation_and_decay_scaling():
+    assert [accumulate_steps(b) for b in (1, 16, 24, 64, 128)] == [64, 4, 3, 1, 1]
+    assert accumulate_steps(8, nbs=32) == 4
+    assert scaled_weight_decay(5e-4, 16, 4) == pytest.approx(5e-4)
+    assert scaled_weight_decay(5e-4, 24, 3) == pytest.approx(5e-4 * 72 / 64)
+    assert scaled_weight_decay(5e-4, 128, 1) == pytest.approx(1e-3)
+
+
+@pytest.mark.parametrize("cos", [False, True])
+def test_schedule_end_points_and_monotonic(cos):
+    lf = lr_lambda(10, 0.01, cos)
+    assert lf(0) == pytest.approx(1.0) and lf(10) == pytest.approx(0.01)
+    values = [lf(x) for x in range(11)]
+    assert all(a > b for a, b in itertools.pairwise(values))
+
+
+def test_schedule_midpoints():
+    assert lr_lambda(10, 0.01, False)(5) == pytest.approx(0.505)
+    assert lr_lambda(10, 0.01, True)(5) == pytest.approx(0.505)  # cosine crosses the middle too
+    assert lr_lambda(10, 0.01, True)(2) == pytest.approx(((1 - math.cos(0.2 * math.pi)) / 2) * -0.99 + 1)
+    assert lr_lambda(10, 0.01, True)(2) > lr_lambda(10, 0.01, False)(2)  # cosine stays high early
+
+
+def test_schedule_drives_lambda_lr():
+    opt = build_optimizer(model_zoo(), "SGD", 0.01, 0.9, 5e-4)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda=lr_lambda(4, 0.1, False))
+    for _ in range(4):
+        opt.step()
+        sched.step()
+    assert [g["lr"] for g in opt.param_groups] == pytest.approx([0.001] * 3)
+
+
+def test_warmup_steps_minimum():
+    assert warmup_steps(3, 10) == 100  # upstream's 100-iteration floor
+    assert warmup_steps(3, 1000) == 3000
+    assert warmup_steps(0.5, 333) == 166  # round(166.5) -> banker's rounding, as upstream
+    assert warmup_steps(3, 10, minimum=0) == 30
+    assert warmup_steps(0, 10) == 100 and warmup_steps(0, 10, minimum=0) == 0
+
+
+def sgd_with_scheduler(epochs=10, lrf=0.01):
+    opt = build_optimizer(model_zoo(), "SGD", lr=0.01, momentum=0.937, decay=5e-4)
+    lf = lr_lambda(epochs, lrf, False)
+    torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda=lf)  # sets initial_lr as in training
+    return opt, lf
+
+
+def test_warmup_start_middle_end():
+    opt, lf = sgd_with_scheduler()
+    kw = {"warmup_bias_lr": 0.1, "momentum": 0.937, "warmup_momentum": 0.8}
+    warmup(opt, 0, 100, 0, lf, **kw)
+    assert [g["lr"] for g in opt.param_groups] == pytest.approx([0.1, 0.0, 0.0])
+    assert all(g["momentum"] == pytest.approx(0.8) for g in opt.param_groups)
+    warmup(opt, 50, 100, 0, lf, **kw)
+    assert [g["lr"] for g in opt.param_groups] == pytest.approx([0.055, 0.005, 0.005])
+    assert opt.param_groups[1]["momentum"] == pytest.approx(0.8685)
+    warmup(opt, 100, 100, 0, lf, **kw)
+    assert [g["lr"] for g in opt.param_groups] == pytest.approx([0.01] * 3)
+    assert all(g["momentum"] == pytest.approx(0.937) for g in opt.param_groups)
+    warmup(opt, 250, 300, 2, lf, **kw)  # a later epoch aims at lr0 * lf(epoch)
+    target = 0.01 * lf(2)
+    assert opt.param_groups[1]["lr"] == pytest.approx(target * 250 / 300)
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.1 + (target - 0.1) * 250 / 300)
+
+
+def test_warmup_without_scheduler_uses_configured_lr_and_leaves_adam_betas():
+    opt = build_optimizer(model_zoo(), "AdamW", lr=0.002, momentum=0.9, decay=5e-4)
+    warmup(opt, 100, 100, 0, lambda epoch: 1.0, warmup_bias_lr=0.1, momentum=0.9, warmup_momentum=0.8)
+    assert [g["lr"] for g in opt.param_groups] == pytest.approx([0.002] * 3)
+    warmup(opt, 0, 100, 0, lambda epoch: 1.0, warmup_bias_lr=0.1, momentum=0.9, warmup_momentum=0.8)
+    assert [g["lr"] for g in opt.param_groups] == pytest.approx([0.1, 0.0, 0.0])
+    assert all(g["betas"] == (0.9, 0.999) and "momentum" not in g for g in opt.param_groups)
