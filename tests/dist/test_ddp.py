@@ -175,9 +175,11 @@ def test_world_size_invariance_with_sync_bn(tmp_path, tiny_shapes):
     assert plain.returncode == 0, plain.stderr[-3000:]
     load = lambda name: torch.load(tmp_path / "runs" / name / "weights" / "last.pt", weights_only=True)  # noqa: E731
     a, b, c = load("one"), load("two"), load("plain")
-    assert _max_rel_diff(a["model"], b["model"]) < 1e-4
-    assert _max_rel_diff(a["ema"], b["ema"]) < 1e-4
-    assert _max_rel_diff(a["model"], c["model"]) > 1e-3  # per-rank BatchNorm statistics change the result
+    # float32 rounding differs between one and two processes; four steps (two in warm-up at a bias
+    # learning rate of 0.1) amplify it to about 1e-4 on the smallest tensors.
+    assert _max_rel_diff(a["model"], b["model"]) < 2.5e-4
+    assert _max_rel_diff(a["ema"], b["ema"]) < 2.5e-4
+    assert _max_rel_diff(a["model"], c["model"]) > 1e-2  # per-rank BatchNorm statistics change the result
 
 
 @pytest.mark.timeout(60)

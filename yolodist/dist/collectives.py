@@ -1,4 +1,9 @@
-"""Collectives that are identities in a single process, issued in the same order on every rank."""
+"""Collectives that are identities in a single process.
+
+Every rank must issue the same collectives in the same order; callers keep that discipline and
+these helpers keep theirs (``reduce_dict`` sorts its keys). With nccl, tensors travel on this
+rank's device and come back to where they were, so callers may pass CPU tensors either way.
+"""
 
 from __future__ import annotations
 
@@ -7,29 +12,44 @@ import torch.distributed as dist
 
 from yolodist.dist.env import DistEnv
 
-_OPS = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX, "mean": dist.ReduceOp.SUM}
+_OPS = {"sum": dist.ReduceOp.SUM, "mean": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX}
 
 
 def world_size(env: DistEnv) -> int:
+    """The number of processes taking part in collectives (1 unless DDP)."""
     return env.world_size if env.is_distributed else 1
 
 
 def barrier(env: DistEnv) -> None:
+    """Wait until every rank gets here (nothing to wait for in one process)."""
     if env.is_distributed:
         dist.barrier()
 
 
 def all_reduce(tensor: torch.Tensor, env: DistEnv, op: str = "sum") -> torch.Tensor:
-    """All-reduce in place (and return) ``tensor``; 'mean' divides the sum by the world size."""
+    """Reduce ``tensor`` (any shape) over all ranks in place and return it.
+
+    op: 'sum', 'mean' (the sum divided by the world size; floating tensors only) or 'max'.
+    """
+    if op not in _OPS:
+        raise ValueError(f"all_reduce op must be one of {sorted(_OPS)}, got {op!r}")
+    if op == "mean" and not tensor.is_floating_point():
+        raise ValueError(f"all_reduce 'mean' needs a floating-point tensor, got {tensor.dtype}")
     if not env.is_distributed:
         return tensor
-    dist.all_reduce(tensor, op=_OPS[op])
+    # nccl only reduces tensors on this rank's GPU; gloo only CPU tensors.
+    wire_device = env.device if env.backend == "nccl" else torch.device("cpu")
+    wire = tensor if tensor.device == wire_device else tensor.to(wire_device)
+    dist.all_reduce(wire, op=_OPS[op])
     if op == "mean":
-        tensor /= env.world_size
+        wire /= env.world_size
+    if wire is not tensor:
+        tensor.copy_(wire)
     return tensor
 
 
 def all_gather_object(obj: object, env: DistEnv) -> list:
+    """Every rank's (picklable) ``obj``, in rank order, on every rank."""
     if not env.is_distributed:
         return [obj]
     out: list = [None] * env.world_size
@@ -38,6 +58,7 @@ def all_gather_object(obj: object, env: DistEnv) -> list:
 
 
 def broadcast_object(obj: object, env: DistEnv, src: int = 0) -> object:
+    """Rank ``src``'s ``obj`` on every rank (the others' ``obj`` is ignored)."""
     if not env.is_distributed:
         return obj
     box = [obj]
@@ -46,10 +67,19 @@ def broadcast_object(obj: object, env: DistEnv, src: int = 0) -> object:
 
 
 def reduce_dict(values: dict[str, torch.Tensor], env: DistEnv, average: bool = True) -> dict[str, torch.Tensor]:
-    """All-reduce a dict of scalars; keys are sorted so every rank reduces them in the same order."""
+    """All-reduce a dict of same-shaped tensors (usually scalars) in one collective.
+
+    Keys are sorted so every rank stacks them in the same order; the result is a new dict in
+    sorted key order (the input is returned unchanged in one process); integer tensors come back
+    as float64.
+    """
     if not env.is_distributed:
         return values
     keys = sorted(values)
-    stacked = torch.stack([values[k] for k in keys])
+    if not keys:
+        return {}
+    stacked = torch.stack([values[k].detach().to(values[keys[0]].device) for k in keys])
+    if not stacked.is_floating_point():
+        stacked = stacked.double()
     all_reduce(stacked, env, "mean" if average else "sum")
-    return dict(zip(keys, stacked, strict=True))
+    return dict(zip(keys, stacked.unbind(0), strict=True))

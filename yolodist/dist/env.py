@@ -1,16 +1,22 @@
-"""The launch topology, read once from the launcher's environment into a frozen value."""
+"""The launch topology, read once from the launcher's environment into a frozen value.
+
+Everything else in yolodist receives this value (or plain ints taken from it); nothing outside
+``yolodist/dist`` reads the launcher's variables.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
 import shlex
-from collections.abc import Mapping
+import sys
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
 
 from yolodist.dist.devices import device_for_rank, parse_device
+from yolodist.errors import BadFlag, DistFailure
 
 LOGGER = logging.getLogger(__name__)
 CPU = torch.device("cpu")
@@ -18,16 +24,26 @@ CPU = torch.device("cpu")
 
 @dataclass(frozen=True)
 class DistEnv:
+    """Where this process sits in the job, and what it computes on.
+
+    ``mode`` is 'single' (one process, one device), 'dp' (one process driving several GPUs through
+    DataParallel) or 'ddp' (one process per device, started by a launcher). ``devices`` lists every
+    device this process drives: more than one only for 'dp'.
+    """
+
     rank: int = 0
     local_rank: int = 0
     world_size: int = 1
     local_world_size: int = 1
     node_rank: int = 0
-    mode: str = "single"  # 'single' | 'dp' | 'ddp'
+    mode: str = "single"
     device: torch.device = CPU
     backend: str | None = None
     devices: tuple[torch.device, ...] = (CPU,)
+    # torchrun's restart round, and whether its agent's rendezvous store is shared with the workers
+    # (static rendezvous): session() then keeps each round's keys apart (RELIABILITY.md finding 2).
     restart_count: int = 0
+    agent_store: bool = False
 
     @property
     def is_main(self) -> bool:
@@ -42,6 +58,66 @@ class DistEnv:
         return self.mode == "ddp"
 
 
+def _int_var(environ: Mapping[str, str], name: str, default: int | None = None) -> int:
+    raw = environ.get(name)
+    if raw is None or raw.strip() == "":
+        if default is None:
+            raise DistFailure(
+                f"the launcher variable {name} is not set; start the job with python -m torch.distributed.run"
+            )
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise DistFailure(f"the launcher variable {name}={raw!r} is not an integer; unset it or relaunch") from None
+
+
+def _launched(environ: Mapping[str, str], local_rank_arg: int | None) -> bool:
+    """Whether a launcher started this process; half-set variables are errors, not guesses."""
+    has_rank, has_world = "RANK" in environ, "WORLD_SIZE" in environ
+    if has_rank and has_world:
+        return True
+    if has_world and _int_var(environ, "WORLD_SIZE") > 1:
+        raise DistFailure(
+            "WORLD_SIZE is set but RANK is not; launch with python -m torch.distributed.run "
+            "--nproc_per_node N train.py ... or unset WORLD_SIZE"
+        )
+    if local_rank_arg is not None:
+        raise BadFlag(
+            f"--local-rank {local_rank_arg} is set but no launcher variables (RANK, WORLD_SIZE) are; "
+            "launch with python -m torch.distributed.run --nproc_per_node N train.py ... or drop --local-rank"
+        )
+    return False
+
+
+def _ddp_env(environ: Mapping[str, str], devices: list[torch.device], local_rank_arg: int | None) -> DistEnv:
+    world = _int_var(environ, "WORLD_SIZE")
+    rank = _int_var(environ, "RANK")
+    # Without LOCAL_WORLD_SIZE the job is taken to be a single node, as with a hand-set environment.
+    local_world = _int_var(environ, "LOCAL_WORLD_SIZE", world)
+    fallback_local = local_rank_arg if local_rank_arg is not None else rank % max(local_world, 1)
+    local_rank = _int_var(environ, "LOCAL_RANK", fallback_local)
+    if not (world >= 1 and 0 <= rank < world and 1 <= local_world <= world and 0 <= local_rank < local_world):
+        raise DistFailure(
+            f"inconsistent launcher variables RANK={rank}, WORLD_SIZE={world}, LOCAL_RANK={local_rank}, "
+            f"LOCAL_WORLD_SIZE={local_world}; relaunch with python -m torch.distributed.run"
+        )
+    chosen = device_for_rank(devices, local_rank, local_world)
+    return DistEnv(
+        rank=rank,
+        local_rank=local_rank,
+        world_size=world,
+        local_world_size=local_world,
+        node_rank=_int_var(environ, "GROUP_RANK", rank // local_world),
+        mode="ddp",
+        device=chosen,
+        backend="nccl" if chosen.type == "cuda" else "gloo",
+        devices=(chosen,),
+        restart_count=_int_var(environ, "TORCHELASTIC_RESTART_COUNT", 0),
+        agent_store=environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True",
+    )
+
+
 def from_environ(
     environ: Mapping[str, str],
     device: str = "",
@@ -49,38 +125,33 @@ def from_environ(
     cuda_count: int = 0,
     mps: bool = False,
 ) -> DistEnv:
-    """The pure part of :func:`detect`: a mapping of environment variables in, a DistEnv out."""
+    """The pure part of :func:`detect`: a mapping of environment variables in, a DistEnv out.
+
+    A launcher (RANK and WORLD_SIZE set) means 'ddp'; several GPUs in ``device`` without one mean
+    'dp'; anything else is 'single'. ``local_rank_arg`` is the legacy launcher's ``--local-rank``,
+    used only when LOCAL_RANK is absent.
+    """
     devices = parse_device(device, cuda_count, mps)
-    launched = "RANK" in environ and "WORLD_SIZE" in environ
-    if not launched:
-        if len(devices) > 1:
-            return DistEnv(mode="dp", device=devices[0], devices=tuple(devices))
-        return DistEnv(device=devices[0], devices=(devices[0],))
-    world = int(environ["WORLD_SIZE"])
-    local_rank = int(environ.get("LOCAL_RANK", local_rank_arg if local_rank_arg is not None else 0))
-    local_world = int(environ.get("LOCAL_WORLD_SIZE", world))
-    chosen = device_for_rank(devices, local_rank, local_world)
-    return DistEnv(
-        rank=int(environ["RANK"]),
-        local_rank=local_rank,
-        world_size=world,
-        local_world_size=local_world,
-        node_rank=int(environ.get("GROUP_RANK", 0)),
-        mode="ddp",
-        device=chosen,
-        backend="nccl" if chosen.type == "cuda" else "gloo",
-        devices=(chosen,),
-        restart_count=int(environ.get("TORCHELASTIC_RESTART_COUNT", 0)),
-    )
+    if _launched(environ, local_rank_arg):
+        return _ddp_env(environ, devices, local_rank_arg)
+    if len(devices) > 1:
+        return DistEnv(mode="dp", device=devices[0], devices=tuple(devices))
+    return DistEnv(device=devices[0], devices=(devices[0],))
 
 
 def detect(device: str = "", local_rank_arg: int | None = None) -> DistEnv:
     """Read this process's launch topology (torchrun, the legacy launcher, or none)."""
     mps = bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
-    return from_environ(os.environ, device, local_rank_arg, torch.cuda.device_count(), mps)
+    env = from_environ(os.environ, device, local_rank_arg, torch.cuda.device_count(), mps)
+    if env.mode == "dp":
+        LOGGER.warning(dp_warning(len(env.devices), sys.argv))
+    return env
 
 
-def dp_warning(n: int, argv: list[str]) -> str:
-    """The one-line advice printed when --device lists several GPUs without a launcher."""
+def dp_warning(n: int, argv: Sequence[str]) -> str:
+    """The one-line advice logged when --device lists several GPUs without a launcher.
+
+    ``argv`` is the command line as ``sys.argv`` gives it (script first), so the advice can be pasted.
+    """
     command = shlex.join(["python", "-m", "torch.distributed.run", "--nproc_per_node", str(n), *argv])
-    return f"DataParallel on {n} GPUs is slow and not recommended; for DDP run: {command}"
+    return f"DataParallel on {n} GPUs is slower than DDP and not recommended; for DDP run: {command}"

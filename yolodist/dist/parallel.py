@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import sys
 
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from yolodist.dist import syncbn
-from yolodist.dist.env import DistEnv, dp_warning
+from yolodist.dist.env import DistEnv
 from yolodist.errors import BadFlag
 
 LOGGER = logging.getLogger(__name__)
@@ -25,29 +24,34 @@ def check_sync_bn(env: DistEnv, sync_bn: bool) -> None:
 
 
 def wrap(model: nn.Module, env: DistEnv, sync_bn: bool = False, find_unused: bool = False) -> nn.Module:
+    """Put ``model`` on its device(s) for ``env.mode``.
+
+    single -> the model on env.device; dp -> DataParallel over env.devices; ddp -> (with
+    ``sync_bn``) every BatchNorm2d synchronised across ranks, then DistributedDataParallel.
+    On CUDA torch's SyncBatchNorm is used; elsewhere our CpuSyncBatchNorm, because torch's has no
+    CPU kernel (RELIABILITY.md finding 1). Both keep BatchNorm2d's state-dict keys.
+    """
     check_sync_bn(env, sync_bn)
     model = model.to(env.device)
     if env.mode == "dp":
-        LOGGER.warning(dp_warning(len(env.devices), sys.argv[1:]))
+        # The advice to use DDP instead is logged once by env.detect().
         return nn.DataParallel(model, device_ids=[d.index for d in env.devices])
     if env.mode != "ddp":
         return model
     if sync_bn:
-        if env.device.type == "cuda":
-            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        else:
-            model = syncbn.convert(model)
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model) if env.device.type == "cuda" else syncbn.convert(model)
         LOGGER.info("Using SyncBatchNorm()")
     device_ids = [env.device.index] if env.device.type == "cuda" else None
     return DistributedDataParallel(model, device_ids=device_ids, find_unused_parameters=find_unused)
 
 
 def unwrap(model: nn.Module) -> nn.Module:
+    """The bare model inside a DataParallel/DDP wrapper (the model itself otherwise)."""
     return model.module if isinstance(model, nn.DataParallel | DistributedDataParallel) else model
 
 
-def no_sync(model: nn.Module, enabled: bool):
-    """DDP's public ``no_sync`` while accumulating gradients; a no-op otherwise."""
+def no_sync(model: nn.Module, enabled: bool) -> contextlib.AbstractContextManager:
+    """DDP's public ``no_sync`` while accumulating gradients (skips the all-reduce); a no-op otherwise."""
     if enabled and isinstance(model, DistributedDataParallel):
         return model.no_sync()
     return contextlib.nullcontext()

@@ -5,45 +5,83 @@ from __future__ import annotations
 import contextlib
 import datetime
 import logging
+import os
 from collections.abc import Iterator
 
 import torch
 import torch.distributed as dist
 
 from yolodist.dist.env import DistEnv
-from yolodist.errors import DistFailure, PortBusy
+from yolodist.errors import DistFailure, PortBusy, UserError
 
 LOGGER = logging.getLogger(__name__)
+
+
+def _restart_store(env: DistEnv, timeout: datetime.timedelta) -> dist.Store:
+    """The agent's store seen through a per-restart prefix (RELIABILITY.md finding 2).
+
+    Under static rendezvous torchrun reuses one TCPStore for every restart round, so a restarted
+    rank can read the previous round's gloo addresses and hang or fail to connect. Prefixing every
+    key with the round number keeps the rounds apart.
+    """
+    addr, port = os.environ.get("MASTER_ADDR"), os.environ.get("MASTER_PORT")
+    if not addr or not port:
+        raise DistFailure("MASTER_ADDR/MASTER_PORT are not set; launch with python -m torch.distributed.run")
+    base = dist.TCPStore(addr, int(port), env.world_size, is_master=False, timeout=timeout)
+    LOGGER.info("restart %d: rendezvous keys kept under attempt%d/", env.restart_count, env.restart_count)
+    return dist.PrefixStore(f"attempt{env.restart_count}", base)
+
+
+def _user_error(error: Exception, env: DistEnv, timeout_s: float) -> UserError | None:
+    """The actionable message for a failed initialisation, or None when it is not a launch problem."""
+    text = str(error).lower()
+    if "eaddrinuse" in text or "address already in use" in text:
+        return PortBusy(
+            "the master port is already in use (another training probably holds it); "
+            "rerun with --master_port set to a free port"
+        )
+    if "timed out" in text or "timeout" in text:
+        return DistFailure(
+            f"not all {env.world_size} processes joined within {timeout_s:g} s; check that every node was "
+            "started with the same --nnodes, --master_addr and --master_port and can reach the master"
+        )
+    if "connection refused" in text or ("connect" in text and "failed" in text):
+        return DistFailure(
+            "could not reach the master's rendezvous store; check --master_addr/--master_port and that "
+            "node 0 is running and reachable (firewall)"
+        )
+    if "environment variable" in text and "expected" in text:
+        return DistFailure(f"{error}; launch with python -m torch.distributed.run")
+    return None
 
 
 def _init(env: DistEnv, timeout_s: float) -> None:
     timeout = datetime.timedelta(seconds=timeout_s)
     if env.device.type == "cuda":
         torch.cuda.set_device(env.device)
+    device_id = env.device if env.backend == "nccl" else None
     try:
-        dist.init_process_group(
-            backend=env.backend,
-            timeout=timeout,
-            device_id=env.device if env.device.type == "cuda" else None,
-        )
-    except RuntimeError as e:
-        text = str(e)
-        if "EADDRINUSE" in text or "address already in use" in text.lower():
-            raise PortBusy(
-                "the master port is already in use (another training probably holds it); "
-                "rerun with --master_port set to a free port"
-            ) from None
-        if "timed out" in text.lower() or "timeout" in text.lower():
-            raise DistFailure(
-                f"not all {env.world_size} processes joined within {timeout_s:.0f} s; check that every node "
-                "was started with the same --nnodes, --master_addr and --master_port"
-            ) from None
-        raise
+        if env.agent_store and env.restart_count > 0:
+            store = _restart_store(env, timeout)
+            dist.init_process_group(
+                env.backend, store=store, rank=env.rank, world_size=env.world_size, timeout=timeout, device_id=device_id
+            )
+        else:
+            dist.init_process_group(env.backend, timeout=timeout, device_id=device_id)
+    except (RuntimeError, ValueError) as error:
+        friendly = _user_error(error, env, timeout_s)
+        if friendly is None:
+            raise
+        raise friendly from error
 
 
 @contextlib.contextmanager
 def session(env: DistEnv, timeout_s: float = 1800.0) -> Iterator[DistEnv]:
-    """Run the body inside an initialised process group (DDP) or as is (single, DataParallel)."""
+    """Run the body inside an initialised process group (DDP) or as is (single, DataParallel).
+
+    ``timeout_s`` bounds every collective and the join; the group is destroyed on exit, also when
+    the body raises, so a failing rank releases its sockets at once.
+    """
     if not env.is_distributed:
         yield env
         return
@@ -51,5 +89,6 @@ def session(env: DistEnv, timeout_s: float = 1800.0) -> Iterator[DistEnv]:
     try:
         yield env
     finally:
-        with contextlib.suppress(Exception):
-            dist.destroy_process_group()
+        if dist.is_initialized():
+            with contextlib.suppress(Exception):
+                dist.destroy_process_group()

@@ -1,11 +1,14 @@
 """Synchronised BatchNorm for CPU/gloo.
 
 ``torch.nn.SyncBatchNorm`` does not run on CPU in torch 2.14.1 (its statistics kernel has no CPU
-implementation), so DDP on CPUs needs this. Per-channel sum, sum of squares and count are
-all-reduced through ``torch.distributed.nn.functional.all_reduce``, which carries autograd: the
-forward *and* the gradients are those of BatchNorm over the concatenated global batch, and the
-running statistics are updated as BatchNorm2d would on that batch. State-dict keys, shapes and
-dtypes are BatchNorm2d's, so checkpoints move freely between the two.
+implementation; RELIABILITY.md finding 1), so DDP on CPUs needs this one. In training mode each
+rank computes its shard's per-channel count, mean and biased variance (two-pass, so no
+cancellation), the ranks exchange them through ``torch.distributed.nn.functional.all_reduce``,
+which carries autograd, and every rank combines them exactly (Chan et al.'s parallel variance).
+So the forward *and* the gradients are those of BatchNorm over the concatenated global batch,
+also for shards of different sizes, and the running statistics move as BatchNorm2d's would on
+that batch. State-dict keys, shapes and dtypes are BatchNorm2d's, so checkpoints move freely
+between the two.
 """
 
 from __future__ import annotations
@@ -13,45 +16,78 @@ from __future__ import annotations
 import warnings
 
 import torch
-import torch.nn.functional as F
+import torch.distributed as dist
 from torch import nn
 from torch.distributed.nn.functional import all_reduce
 
-# Deprecated in favour of functional collectives, which do not carry autograd; this one does.
-warnings.filterwarnings("ignore", message="torch.distributed.nn.functional.all_reduce is deprecated")
+# all_reduce above is deprecated in favour of functional collectives, which carry no autograd; it
+# is the one we need. Silence its FutureWarning only where this module calls it.
+warnings.filterwarnings(
+    "ignore", message=r"torch\.distributed\.nn\.functional\.all_reduce is deprecated", module=__name__
+)
+
+
+def _syncing() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
 class CpuSyncBatchNorm(nn.modules.batchnorm._BatchNorm):
+    """BatchNorm2d whose training-mode statistics span every rank of the default process group.
+
+    Input and output: [N, C, H, W]; N may differ between ranks, and may be 0 on some of them.
+    Evaluation, and training without an initialised multi-rank group, is plain BatchNorm2d.
+    """
+
     def _check_input_dim(self, x: torch.Tensor) -> None:
-        if x.dim() < 2:
-            raise ValueError(f"expected at least 2D input, got {x.dim()}D")
+        if x.dim() != 4:
+            raise ValueError(f"expected 4D input (got {x.dim()}D input)")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not (self.training or not self.track_running_stats):
-            return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
-        dims = [0, *range(2, x.dim())]
-        count = torch.tensor([x.numel() / x.shape[1]], dtype=x.dtype, device=x.device)
-        stats = torch.cat([x.sum(dims), (x * x).sum(dims), count])
-        stats = all_reduce(stats)  # differentiable: gradients flow to every rank's input
-        channels = x.shape[1]
-        total = stats[-1]
-        mean = stats[:channels] / total
-        var = (stats[channels : 2 * channels] / total - mean * mean).clamp(min=0)
-        if self.training and self.track_running_stats:
-            self._update_running(mean.detach(), var.detach(), total.detach())
-        shape = [1, channels] + [1] * (x.dim() - 2)
-        out = (x - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
+        if not (self.training and _syncing()):
+            # Evaluation never communicates: validation may run on rank 0 alone.
+            return super().forward(x)
+        self._check_input_dim(x)
+        mean, var, total = self._global_stats(x)
+        if self.track_running_stats:
+            self._update_running(mean.detach(), var.detach(), total)
+        shape = (1, -1, 1, 1)
+        out = (x.to(mean.dtype) - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
         if self.affine:
-            out = out * self.weight.view(shape) + self.bias.view(shape)
-        return out
+            out = out * self.weight.to(out.dtype).view(shape) + self.bias.to(out.dtype).view(shape)
+        return out.to(x.dtype)
+
+    def _global_stats(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """Mean [C] and biased variance [C] over all ranks' samples, and their count per channel."""
+        channels, world, rank = x.shape[1], dist.get_world_size(), dist.get_rank()
+        # Half-precision sums over a whole batch lose everything; float64 stays float64.
+        acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+        xs = x.to(acc)
+        count = x.numel() // channels
+        if count:
+            var, mean = torch.var_mean(xs, dim=(0, 2, 3), correction=0)
+        else:  # an empty shard contributes nothing, but stays in the autograd graph
+            mean = var = xs.sum(dim=(0, 2, 3))
+        row = torch.cat([xs.new_full((1,), float(count)), mean, var])
+        # Each rank fills its own row of a zero table; the summed table is everyone's rows, and
+        # all_reduce's backward sends every rank the gradient of its own row.
+        table = torch.cat([xs.new_zeros(rank, row.numel()), row[None], xs.new_zeros(world - rank - 1, row.numel())])
+        table = all_reduce(table)
+        counts, means, variances = table[:, :1], table[:, 1 : channels + 1], table[:, channels + 1 :]
+        total = float(counts.detach().sum())
+        if total <= 1:
+            raise ValueError(f"Expected more than 1 value per channel when training, got {total:g} over all ranks")
+        global_mean = (counts * means).sum(0) / total
+        global_var = (counts * (variances + (means - global_mean) ** 2)).sum(0) / total
+        return global_mean, global_var, total
 
     @torch.no_grad()
-    def _update_running(self, mean: torch.Tensor, var: torch.Tensor, total: torch.Tensor) -> None:
+    def _update_running(self, mean: torch.Tensor, var: torch.Tensor, total: float) -> None:
+        """BatchNorm2d's update on the global batch: momentum (or cumulative average), unbiased variance."""
         self.num_batches_tracked.add_(1)
-        momentum = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
-        unbiased = var * total / (total - 1).clamp(min=1)
-        self.running_mean.lerp_(mean.to(self.running_mean.dtype), momentum)
-        self.running_var.lerp_(unbiased.to(self.running_var.dtype), momentum)
+        factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+        unbiased = var * (total / (total - 1))
+        self.running_mean.mul_(1 - factor).add_(mean.to(self.running_mean.dtype), alpha=factor)
+        self.running_var.mul_(1 - factor).add_(unbiased.to(self.running_var.dtype), alpha=factor)
 
 
 def _move_state(source: nn.Module, target: nn.Module) -> nn.Module:
@@ -64,28 +100,36 @@ def _move_state(source: nn.Module, target: nn.Module) -> nn.Module:
     if source.track_running_stats:
         target.running_mean, target.running_var = source.running_mean, source.running_var
         target.num_batches_tracked = source.num_batches_tracked
+    if hasattr(source, "qconfig"):
+        target.qconfig = source.qconfig
     return target.train(source.training)
 
 
+def _like(cls: type[nn.Module], module: nn.Module) -> nn.Module:
+    # Built on the meta device: its own tensors are replaced by the source's at once.
+    new = cls(
+        module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats, device="meta"
+    )
+    return _move_state(module, new)
+
+
 def convert(module: nn.Module) -> nn.Module:
-    """Replace every BatchNorm (1d/2d/3d) in ``module`` by CpuSyncBatchNorm sharing its parameters and buffers."""
-    if isinstance(module, nn.modules.batchnorm._BatchNorm) and not isinstance(module, CpuSyncBatchNorm):
-        new = CpuSyncBatchNorm(
-            module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats, device="meta"
-        )
-        return _move_state(module, new)
+    """Replace every BatchNorm2d in ``module`` (recursively, or ``module`` itself) by CpuSyncBatchNorm.
+
+    The new modules share the originals' parameters and buffers and keep eps, momentum, affine and
+    track_running_stats. Returns the converted module (the same object unless it is a BatchNorm2d).
+    """
+    if isinstance(module, nn.BatchNorm2d):
+        return _like(CpuSyncBatchNorm, module)
     for name, child in module.named_children():
         module.add_module(name, convert(child))
     return module
 
 
 def revert(module: nn.Module) -> nn.Module:
-    """CpuSyncBatchNorm back to BatchNorm2d, sharing the same parameters and buffers."""
+    """Every CpuSyncBatchNorm back to BatchNorm2d, sharing the same parameters and buffers."""
     if isinstance(module, CpuSyncBatchNorm):
-        new = nn.BatchNorm2d(
-            module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats, device="meta"
-        )
-        return _move_state(module, new)
+        return _like(nn.BatchNorm2d, module)
     for name, child in module.named_children():
         module.add_module(name, revert(child))
     return module
