@@ -5,6 +5,8 @@ import math
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from yolodist.ops.boxes import bbox_iou, box_iou, clip_boxes, scale_boxes, xywh2xyxy, xywhn2xyxy, xyxy2xywh, xyxy2xywhn
 
@@ -55,3 +57,59 @@ def test_ciou_aspect_term_and_gradients():
     assert torch.isfinite(a.grad).all()
     with pytest.raises(ValueError):
         bbox_iou(a, b, kind="nope")
+
+
+@pytest.mark.parametrize("kind", ["iou", "giou", "diou", "ciou"])
+def test_identical_boxes_score_one_and_nested_boxes_by_hand(kind):
+    a = torch.tensor([[10.0, 10.0, 30.0, 50.0]])
+    assert bbox_iou(a, a, xywh=False, kind=kind).item() == pytest.approx(1.0, abs=1e-6)
+    inner = torch.tensor([[15.0, 20.0, 25.0, 40.0]])  # 10x20 inside 20x40, same centre and aspect
+    # IoU = area ratio; the enclosure is the outer box (GIoU = IoU); centres coincide (DIoU = IoU);
+    # equal aspect ratios (CIoU = IoU).
+    assert bbox_iou(a, inner, xywh=False, kind=kind).item() == pytest.approx(200 / 800, abs=1e-6)
+
+
+def test_disjoint_boxes_penalties_by_hand():
+    a = torch.tensor([0.0, 0.0, 1.0, 1.0])
+    b = torch.tensor([2.0, 0.0, 3.0, 1.0])  # 1 px gap; enclosure 3x1, union 2
+    assert bbox_iou(a, b, xywh=False, kind="giou").item() == pytest.approx(-(3 - 2) / 3, abs=1e-6)
+    assert bbox_iou(a, b, xywh=False, kind="diou").item() == pytest.approx(-(2**2) / (3**2 + 1), abs=1e-6)
+
+
+def test_iou_gradients_finite_for_degenerate_boxes():
+    for box in ([5.0, 5.0, 0.0, 0.0], [5.0, 5.0, 4.0, 4.0], [5.0, 5.0, 1e-6, 3.0]):
+        p = torch.tensor(box, requires_grad=True)
+        for kind in ("iou", "giou", "diou", "ciou"):
+            bbox_iou(p, torch.tensor([5.0, 5.0, 4.0, 4.0]), kind=kind).backward()
+            assert torch.isfinite(p.grad).all(), (box, kind)
+            p.grad = None
+
+
+def test_numpy_clip_and_scale_match_torch():
+    boxes = np.array([[-5.0, 2.0, 120.0, 90.0], [10.0, 20.0, 30.0, 40.0]])
+    torch.testing.assert_close(
+        torch.from_numpy(clip_boxes(boxes.copy(), (80, 100))), clip_boxes(torch.from_numpy(boxes), (80, 100))
+    )
+    pad = ((0.5, 0.5), (3.0, 7.0))
+    out = scale_boxes((64, 64), np.array([[13.0, 17.0, 23.0, 27.0]]), (200, 200), ratio_pad=pad)
+    np.testing.assert_allclose(out, [[20.0, 20.0, 40.0, 40.0]])
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.floats(-1e3, 1e3, allow_nan=False, width=32), min_size=4, max_size=4),
+    st.integers(1, 2000),
+    st.integers(1, 2000),
+)
+def test_normalised_round_trip_property(box, w, h):
+    x = np.array([box[0], box[1], abs(box[2]), abs(box[3])])[None]
+    px = xywhn2xyxy(x, w, h)
+    np.testing.assert_allclose(xyxy2xywhn(px, w, h), x, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(xywh2xyxy(xyxy2xywh(px)), px, rtol=1e-9, atol=1e-9)
+
+
+def test_integer_input_is_not_truncated():
+    np.testing.assert_allclose(xywh2xyxy(np.array([[10, 20, 5, 5]])), [[7.5, 17.5, 12.5, 22.5]])
+    out = xywh2xyxy(torch.tensor([[10, 20, 5, 5]]))
+    assert out.is_floating_point()
+    torch.testing.assert_close(out, torch.tensor([[7.5, 17.5, 12.5, 22.5]]))

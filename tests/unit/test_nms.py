@@ -1,7 +1,10 @@
 """Non-maximum suppression on decoded predictions."""
 
+import pytest
 import torch
 
+from yolodist.errors import BadFlag
+from yolodist.ops.boxes import xywh2xyxy
 from yolodist.ops.nms import non_max_suppression
 
 
@@ -43,3 +46,56 @@ def test_empty_batch_entries():
     p = torch.zeros(2, 5, 7)
     out = non_max_suppression(p)
     assert len(out) == 2 and all(o.shape == (0, 6) for o in out)
+
+
+def greedy_nms_reference(det, iou_thres):
+    """Per-class NMS written as the textbook loop: best box first, drop its overlaps, repeat."""
+    from yolodist.ops.boxes import box_iou
+
+    kept = []
+    for c in det[:, 5].unique():
+        rest = det[det[:, 5] == c]
+        rest = rest[rest[:, 4].argsort(descending=True)]
+        while rest.shape[0]:
+            kept.append(rest[0])
+            rest = rest[1:][box_iou(rest[:1, :4], rest[1:, :4])[0] <= iou_thres]
+    return torch.stack(kept) if kept else det[:0]
+
+
+def test_matches_textbook_per_class_nms_on_random_boxes():
+    gen = torch.Generator().manual_seed(0)
+    xy = torch.rand(2, 300, 2, generator=gen) * 200
+    wh = torch.rand(2, 300, 2, generator=gen) * 60 + 5
+    scores = torch.rand(2, 300, 4, generator=gen)
+    p = torch.cat([xy, wh, torch.rand(2, 300, 1, generator=gen), scores], 2)
+    out = non_max_suppression(p, conf_thres=0.1, iou_thres=0.5, max_det=1000)
+    for image, got in enumerate(out):
+        x = p[image][p[image, :, 4] > 0.1]
+        conf, j = (x[:, 5:] * x[:, 4:5]).max(1)
+        det = torch.cat([xywh2xyxy(x[:, :4]), conf[:, None], j[:, None].float()], 1)[conf > 0.1]
+        expected = greedy_nms_reference(det, 0.5)
+        assert got.shape == expected.shape
+        torch.testing.assert_close(got[got[:, 4].argsort()], expected[expected[:, 4].argsort()])
+        assert torch.all(got[1:, 4] <= got[:-1, 4])  # sorted by confidence
+
+
+def test_classes_stay_apart_even_for_boxes_larger_than_max_wh():
+    # Two 200-px boxes of different classes in the same place: a fixed 10-px class offset would leave
+    # them overlapping (IoU 0.82) and suppress one; the offset grows to the boxes' extent instead.
+    p = pred([[500, 500, 200, 200], [500, 500, 200, 200]], [0.9, 0.9], [[1, 0], [0, 1]])
+    assert non_max_suppression(p, max_wh=10)[0].shape[0] == 2
+    assert non_max_suppression(p, max_wh=10, agnostic=True)[0].shape[0] == 1
+
+
+def test_half_precision_and_model_output_tuple():
+    p = pred([[50, 50, 20, 20], [52, 50, 20, 20]], [0.9, 0.8], [[0.0] * 79 + [1.0]] * 2).half()
+    out = non_max_suppression((p, ["raw maps"]))[0]  # eval mode returns (decoded, raw)
+    assert out.shape == (1, 6) and out.dtype == torch.float16 and out[0, 5] == 79
+
+
+def test_bad_thresholds_are_user_errors():
+    p = torch.zeros(1, 3, 7)
+    with pytest.raises(BadFlag, match="conf-thres"):
+        non_max_suppression(p, conf_thres=1.5)
+    with pytest.raises(BadFlag, match="iou-thres"):
+        non_max_suppression(p, iou_thres=-0.1)

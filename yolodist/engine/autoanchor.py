@@ -33,15 +33,27 @@ def _fitness(anchors: np.ndarray, wh: np.ndarray, thr: float) -> float:
     return float((best * (best > 1 / thr)).mean())
 
 
-def _kmeans(points: np.ndarray, k: int, rng: np.random.Generator, iters: int = 30) -> np.ndarray:
-    centres = points[rng.choice(len(points), k, replace=len(points) < k)]
-    for _ in range(iters):
-        assign = ((points[:, None] - centres[None]) ** 2).sum(2).argmin(1)
-        for j in range(k):
-            members = points[assign == j]
-            if len(members):
-                centres[j] = members.mean(0)
-    return centres
+def _kmeans(points: np.ndarray, k: int, rng: np.random.Generator, restarts: int = 30) -> np.ndarray:
+    """``k`` centres ``[k, 2]`` of ``points`` ``[n, 2]``: Lloyd's algorithm from ``restarts`` random starts,
+    the lowest-distortion result kept (as scipy's ``kmeans(points, k, iter=30)`` that upstream uses)."""
+    best, best_distortion = points[:k], np.inf
+    for _ in range(restarts):
+        centres = points[rng.choice(len(points), k, replace=False)]
+        previous = np.inf
+        for _ in range(100):
+            d2 = ((points[:, None] - centres[None]) ** 2).sum(2)
+            assign = d2.argmin(1)
+            distortion = float(np.sqrt(d2[np.arange(len(points)), assign]).mean())
+            sums = np.stack([np.bincount(assign, weights=points[:, d], minlength=k) for d in range(2)], 1)
+            sizes = np.bincount(assign, minlength=k)[:, None]
+            # A centre that lost all its points stays where it is (scipy drops it; we keep k).
+            centres = np.where(sizes > 0, sums / np.maximum(sizes, 1), centres)
+            if previous - distortion <= 1e-5:
+                break
+            previous = distortion
+        if distortion < best_distortion:
+            best, best_distortion = centres, distortion
+    return best
 
 
 def kmean_anchors(
@@ -58,6 +70,7 @@ def kmean_anchors(
     if len(wh) < n:
         return np.sort(rng.uniform(2, img_size, size=(n, 2)), axis=0)
     sigma = wh.std(0)
+    sigma[sigma == 0] = 1.0  # all boxes one width (or height): nothing to whiten
     anchors = _kmeans(wh / sigma, n, rng) * sigma
     best = _fitness(anchors, wh, thr)
     for _ in range(gen):
@@ -69,19 +82,34 @@ def kmean_anchors(
         fit = _fitness(candidate, wh, thr)
         if fit > best:
             best, anchors = fit, candidate
-    return anchors[np.argsort(anchors.prod(1))]
+    anchors = anchors[np.argsort(anchors.prod(1))]
+    bpr, aat = best_possible_recall(anchors, wh, thr)
+    LOGGER.info(
+        f"{PREFIX}thr={thr:.2f}: {bpr:.4f} best possible recall, {aat:.2f} anchors past thr; "
+        f"n={n}, img_size={img_size}, anchors: " + ", ".join(f"{w:.0f},{h:.0f}" for w, h in anchors)
+    )
+    return anchors
 
 
-def label_sizes(labels: list[np.ndarray], shapes: np.ndarray, img_size: int, rng: np.random.Generator) -> np.ndarray:
-    """Box sizes in pixels at ``img_size`` (long side), with a random 0.9-1.1 scale as augmentation does."""
+def label_sizes(
+    labels: list[np.ndarray] | np.ndarray, shapes: np.ndarray, img_size: int, rng: np.random.Generator
+) -> np.ndarray:
+    """Box sizes ``[n, 2]`` in pixels at ``img_size`` (long side), with the 0.9-1.1 scale jitter as upstream.
+
+    ``labels``: per image an array whose last two columns are the normalised w, h (``[k, 5]`` YOLO
+    rows or ``[k, 2]``), with ``shapes`` ``[N, 2]`` the image (w, h); or one ``[n, 2]`` array with one
+    shape row per box.
+    """
+    if isinstance(labels, np.ndarray):
+        labels = list(labels[:, None])  # one "image" per box
     shapes = img_size * shapes / shapes.max(1, keepdims=True)
     scale = rng.uniform(0.9, 1.1, size=(shapes.shape[0], 1))
-    parts = [lb[:, 3:5] * s for s, lb in zip(shapes * scale, labels, strict=True) if len(lb)]
+    parts = [lb[:, -2:] * s for s, lb in zip(shapes * scale, labels, strict=True) if len(lb)]
     return np.concatenate(parts, 0) if parts else np.zeros((0, 2))
 
 
 def check_anchors(
-    labels: list[np.ndarray],
+    labels: list[np.ndarray] | np.ndarray,
     shapes: np.ndarray,
     anchors_grid: torch.Tensor,
     stride: torch.Tensor,

@@ -17,7 +17,11 @@ ArrayLike = torch.Tensor | np.ndarray
 
 
 def _empty_like(x: ArrayLike) -> ArrayLike:
-    return x.clone() if isinstance(x, torch.Tensor) else np.copy(x)
+    # Integer boxes are promoted to float: a centre +- half-width would otherwise be truncated.
+    if isinstance(x, torch.Tensor):
+        return x.clone() if x.is_floating_point() else x.float()
+    x = np.asarray(x)
+    return np.copy(x) if np.issubdtype(x.dtype, np.floating) else x.astype(np.float64)
 
 
 def xywh2xyxy(x: ArrayLike) -> ArrayLike:

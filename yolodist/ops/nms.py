@@ -1,15 +1,16 @@
-"""Non-maximum suppression over decoded YOLO predictions, on torchvision's batched NMS."""
+"""Non-maximum suppression over decoded YOLO predictions, on torchvision's NMS kernel."""
 
 from __future__ import annotations
 
 import torch
 import torchvision
 
+from yolodist.errors import BadFlag
 from yolodist.ops.boxes import xywh2xyxy
 
 
-def non_max_suppression(
-    prediction: torch.Tensor,
+def non_max_suppression(  # noqa: PLR0913 - upstream's signature
+    prediction: torch.Tensor | tuple[torch.Tensor, ...] | list[torch.Tensor],
     conf_thres: float = 0.25,
     iou_thres: float = 0.45,
     classes: list[int] | None = None,
@@ -17,35 +18,53 @@ def non_max_suppression(
     multi_label: bool = False,
     max_det: int = 300,
     max_nms: int = 30000,
+    max_wh: int = 7680,
 ) -> list[torch.Tensor]:
     """``prediction`` ``[bs, N, 5 + nc]`` (xywh pixels, obj, cls scores) -> per image ``[n, 6]`` (xyxy, conf, cls).
 
     A box's confidence for a class is obj * cls. With ``multi_label`` every class above ``conf_thres``
-    yields a box (used for mAP); otherwise only the best class. At most ``max_nms`` boxes by confidence
-    enter NMS and ``max_det`` leave it.
+    yields a box (used for mAP); otherwise only the best class. ``classes`` keeps only those class ids.
+    At most ``max_nms`` boxes (highest confidence) enter NMS and ``max_det`` leave it, by confidence.
+    Classes are kept apart by shifting each class's boxes by ``cls * max_wh`` pixels (upstream's
+    trick); the shift grows to the boxes' own extent when they are larger, so classes never touch.
+    The eval-mode model output ``(decoded, raw)`` may be passed as is.
     """
-    if not 0 <= conf_thres <= 1 or not 0 <= iou_thres <= 1:
-        raise ValueError(f"thresholds must be in [0, 1], got conf {conf_thres}, iou {iou_thres}")
-    output = []
+    if not 0 <= conf_thres <= 1:
+        raise BadFlag(f"--conf-thres must be between 0 and 1, got {conf_thres}")
+    if not 0 <= iou_thres <= 1:
+        raise BadFlag(f"--iou-thres must be between 0 and 1, got {iou_thres}")
+    if isinstance(prediction, list | tuple):
+        prediction = prediction[0]  # eval mode returns (decoded, raw maps)
     class_filter = torch.tensor(classes, device=prediction.device) if classes is not None else None
+    output = []
     for x in prediction:
-        x = x[x[:, 4] > conf_thres]
-        if not x.shape[0]:
-            output.append(torch.zeros((0, 6), device=prediction.device))
-            continue
-        scores = x[:, 5:] * x[:, 4:5]
-        box = xywh2xyxy(x[:, :4])
-        if multi_label:
-            i, j = (scores > conf_thres).nonzero(as_tuple=False).T
-            det = torch.cat((box[i], scores[i, j, None], j[:, None].float()), 1)
-        else:
-            conf, j = scores.max(1, keepdim=True)
-            det = torch.cat((box, conf, j.float()), 1)[conf.view(-1) > conf_thres]
+        det = _candidates(x, conf_thres, multi_label)
         if class_filter is not None:
             det = det[(det[:, 5:6] == class_filter).any(1)]
         if det.shape[0] > max_nms:
             det = det[det[:, 4].topk(max_nms).indices]
-        group = torch.zeros_like(det[:, 5]) if agnostic else det[:, 5]
-        keep = torchvision.ops.batched_nms(det[:, :4], det[:, 4], group, iou_thres)[:max_det]
-        output.append(det[keep])
+        if det.shape[0]:
+            det = det[_nms_keep(det, iou_thres, agnostic, max_wh)[:max_det]]
+        output.append(det)
     return output
+
+
+def _candidates(x: torch.Tensor, conf_thres: float, multi_label: bool) -> torch.Tensor:
+    """``x`` ``[N, 5 + nc]`` of one image -> boxes above ``conf_thres`` ``[n, 6]`` (xyxy, conf, cls)."""
+    x = x[x[:, 4] > conf_thres]  # objectness bounds every class confidence from above
+    scores = x[:, 5:] * x[:, 4:5]
+    box = xywh2xyxy(x[:, :4])
+    if multi_label:
+        i, j = (scores > conf_thres).nonzero(as_tuple=False).T
+        return torch.cat((box[i], scores[i, j, None], j[:, None].to(x.dtype)), 1)
+    conf, j = scores.max(1, keepdim=True)
+    return torch.cat((box, conf, j.to(x.dtype)), 1)[conf.view(-1) > conf_thres]
+
+
+def _nms_keep(det: torch.Tensor, iou_thres: float, agnostic: bool, max_wh: int) -> torch.Tensor:
+    """Indices of ``det`` ``[n, 6]`` kept by per-class (or agnostic) NMS, highest confidence first."""
+    boxes = det[:, :4].float()  # the class offsets below overflow float16
+    if not agnostic:
+        span = torch.clamp((boxes.amax() - boxes.amin()) + 1, min=max_wh)
+        boxes = boxes + det[:, 5:6].float() * span
+    return torchvision.ops.nms(boxes, det[:, 4].float(), iou_thres)
