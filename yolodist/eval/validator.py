@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -17,12 +18,22 @@ from torch import nn
 
 from yolodist.dist import collectives
 from yolodist.dist.env import DistEnv
-from yolodist.eval.metrics import ap_per_class, match_predictions
+from yolodist.eval.metrics import APResult, ap_per_class, match_predictions
 from yolodist.ops.boxes import scale_boxes, xywh2xyxy
 from yolodist.ops.nms import non_max_suppression
 
 LOGGER = logging.getLogger(__name__)
 IOU_THRESHOLDS = torch.linspace(0.5, 0.95, 10)
+
+
+@dataclass
+class ImageRecord:
+    """One validation image in its original pixels: what was predicted and what was labelled."""
+
+    shape: tuple[int, int]  # (h0, w0)
+    pred: torch.Tensor  # [n, 6] xyxy, conf, cls
+    labels: torch.Tensor  # [m, 5] cls, xyxy
+    correct: torch.Tensor  # [n, 10] bool, true positive at each IoU threshold
 
 
 @dataclass
@@ -39,6 +50,8 @@ class ValResult:
     per_class: list[dict] = field(default_factory=list)
     maps: np.ndarray | None = None  # mAP@0.5:0.95 per class index (overall mAP for absent classes)
     speed_ms: tuple[float, float, float] = (0.0, 0.0, 0.0)  # pre-process, inference, NMS per image
+    records: dict[str, ImageRecord] = field(default_factory=dict)  # by image path (rank 0 only)
+    ap: APResult | None = None  # curves for the plots
 
     @property
     def fitness(self) -> float:
@@ -54,63 +67,69 @@ class ValSettings:
     half: bool = False
 
 
-def _image_stats(pred: torch.Tensor, labels: torch.Tensor, img_shape, shape_info) -> tuple:
-    """Per-image (correct [n, 10], conf, pred_cls, target_cls) in original-image pixels.
+def _image_record(pred: torch.Tensor, labels: torch.Tensor, img_shape, shape_info) -> ImageRecord:
+    """Predictions and labels of one image in its original pixels, with the true-positive flags.
 
-    ``labels`` are [m, 5] (cls, cx, cy, w, h) normalised to the network input of ``img_shape`` (h, w).
+    ``pred`` is [n, 6] in network-input pixels; ``labels`` [m, 5] (cls, cx, cy, w, h) normalised to
+    the network input of ``img_shape`` (h, w).
     """
     (h0, w0), ratio_pad = shape_info
     height, width = img_shape
-    target_cls = labels[:, 0]
-    if pred.shape[0] == 0:
-        return (
-            torch.zeros(0, len(IOU_THRESHOLDS), dtype=torch.bool),
-            torch.zeros(0),
-            torch.zeros(0),
-            target_cls,
-        )
     pred_native = pred.clone()
     scale_boxes((height, width), pred_native[:, :4], (h0, w0), ratio_pad)
-    if labels.shape[0]:
-        boxes = xywh2xyxy(labels[:, 1:5]) * torch.tensor([width, height, width, height], dtype=labels.dtype)
-        scale_boxes((height, width), boxes, (h0, w0), ratio_pad)
-        correct = match_predictions(pred_native, torch.cat([labels[:, :1], boxes], 1), IOU_THRESHOLDS)
-    else:
-        correct = torch.zeros(pred.shape[0], len(IOU_THRESHOLDS), dtype=torch.bool)
-    return correct, pred[:, 4], pred[:, 5], target_cls
+    boxes = xywh2xyxy(labels[:, 1:5]) * torch.tensor([width, height, width, height], dtype=labels.dtype)
+    scale_boxes((height, width), boxes, (h0, w0), ratio_pad)
+    native_labels = torch.cat([labels[:, :1], boxes], 1)
+    correct = match_predictions(pred_native, native_labels, IOU_THRESHOLDS)
+    return ImageRecord((int(h0), int(w0)), pred_native, native_labels, correct)
+
+
+def _forward(model, imgs: torch.Tensor, want_raw: bool) -> tuple[torch.Tensor, list | None]:
+    """(decoded, raw maps or None): a module returns both in eval mode, a backend only decoded."""
+    out = model(imgs)
+    if isinstance(out, tuple):
+        return out[0], (out[1] if want_raw else None)
+    return out, None
 
 
 @torch.no_grad()
 def validate(
-    model: nn.Module,
+    model,
     loader,
     env: DistEnv,
     names: list[str],
     settings: ValSettings = ValSettings(),
     loss_fn=None,
+    on_batch: Callable[[int, torch.Tensor, torch.Tensor, list[str], list[torch.Tensor]], None] | None = None,
+    device: torch.device | None = None,
 ) -> ValResult:
-    """Validate ``model`` (eval mode, returns (decoded, raw)) on this rank's shard of ``loader``.
+    """Validate ``model`` on this rank's shard of ``loader``.
 
-    ``loss_fn(raw_maps, targets) -> Tensor[3]`` (box, obj, cls), when given, adds validation losses.
-
-    Every rank must call this (it gathers); only rank 0's result holds the metrics.
+    ``model`` is an ``nn.Module`` returning ``(decoded, raw)`` in eval mode, or any callable returning
+    decoded predictions (an exported-model backend; then give ``device``). ``loss_fn(raw_maps,
+    targets) -> Tensor[3]`` (box, obj, cls), when given, adds validation losses. ``on_batch(i, imgs,
+    targets, paths, preds)`` sees each batch after NMS (for plots). Every rank must call this (it
+    gathers); only rank 0's result holds the metrics.
     """
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    dtype = torch.float16 if settings.half and device.type == "cuda" else torch.float32
-    stats: dict[str, tuple] = {}
+    is_module = isinstance(model, nn.Module)
+    was_training = is_module and model.training
+    if is_module:
+        model.eval()
+        device = next(model.parameters()).device
+    device = device or torch.device("cpu")
+    dtype = torch.float16 if settings.half and device.type == "cuda" and is_module else torch.float32
+    records: dict[str, ImageRecord] = {}
     loss_sum = torch.zeros(3, device=device)
     batches = 0
     times = np.zeros(3)
-    for imgs, targets, paths, shapes in loader:
+    for batch_index, (imgs, targets, paths, shapes) in enumerate(loader):
         t0 = time.perf_counter()
         imgs = imgs.to(device, non_blocking=True).to(dtype) / 255
         targets = targets.to(device)
         t1 = time.perf_counter()
-        decoded, raw = model(imgs)
+        decoded, raw = _forward(model, imgs, loss_fn is not None)
         t2 = time.perf_counter()
-        if loss_fn is not None:
+        if loss_fn is not None and raw is not None:
             loss_sum += loss_fn([r.float() for r in raw], targets)
         batches += 1
         preds = non_max_suppression(
@@ -125,34 +144,45 @@ def validate(
         times += (t1 - t0, t2 - t1, t3 - t2)
         targets = targets.cpu()
         for i, pred in enumerate(preds):
-            labels = targets[targets[:, 0] == i, 1:]
             if settings.single_cls:
                 pred[:, 5] = 0
-            stats[paths[i]] = _image_stats(pred.cpu(), labels, imgs.shape[2:], shapes[i])
-    model.train(was_training)
+            labels = targets[targets[:, 0] == i, 1:]
+            records[paths[i]] = _image_record(pred.cpu(), labels, imgs.shape[2:], shapes[i])
+        if on_batch is not None:
+            on_batch(batch_index, imgs, targets, list(paths), preds)
+    if is_module:
+        model.train(was_training)
 
-    gathered = collectives.all_gather_object((stats, loss_sum.cpu(), batches, times), env)
+    gathered = collectives.all_gather_object((records, loss_sum.cpu(), batches, times), env)
     if not env.is_main:
         return ValResult()
-    merged: dict[str, tuple] = {}
-    for rank_stats, *_ in gathered:
-        merged.update(rank_stats)  # padded repeats of the same image collapse here
+    merged: dict[str, ImageRecord] = {}
+    for rank_records, *_ in gathered:
+        merged.update(rank_records)  # padded repeats of the same image collapse here
     total_batches = sum(g[2] for g in gathered)
     losses = sum(g[1] for g in gathered) / max(total_batches, 1)
     speed = sum(g[3] for g in gathered) / max(len(merged), 1) * 1e3
-    return _metrics(merged, names, tuple(losses.tolist()), tuple(speed.tolist()))
+    result = metrics_from_records(merged, names)
+    result.losses, result.speed_ms = tuple(losses.tolist()), tuple(speed.tolist())
+    return result
 
 
-def _metrics(stats: dict[str, tuple], names: list[str], losses: tuple, speed: tuple) -> ValResult:
+def metrics_from_records(records: dict[str, ImageRecord], names: list[str]) -> ValResult:
+    """P, R, mAP@0.5 and mAP@0.5:0.95, overall and per class, from per-image records."""
     nc = len(names)
-    result = ValResult(losses=losses, images=len(stats), speed_ms=speed, maps=np.zeros(nc))
-    if not stats:
+    result = ValResult(images=len(records), maps=np.zeros(nc), records=records)
+    if not records:
         return result
-    correct, conf, pred_cls, target_cls = (torch.cat(x, 0).numpy() for x in zip(*stats.values(), strict=True))
+    values = list(records.values())
+    correct = torch.cat([r.correct for r in values]).numpy()
+    conf = torch.cat([r.pred[:, 4] for r in values]).numpy()
+    pred_cls = torch.cat([r.pred[:, 5] for r in values]).numpy()
+    target_cls = torch.cat([r.labels[:, 0] for r in values]).numpy()
     result.instances = int(target_cls.shape[0])
     if not correct.shape[0] or not correct.any():
         return result
     ap = ap_per_class(correct, conf, pred_cls, target_cls)
+    result.ap = ap
     ap50, ap_all = ap.ap[:, 0], ap.ap.mean(1)
     result.precision, result.recall = float(ap.p.mean()), float(ap.r.mean())
     result.map50, result.map = float(ap50.mean()), float(ap_all.mean())
