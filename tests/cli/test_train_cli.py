@@ -75,6 +75,8 @@ def test_two_epochs_write_the_run(tmp_path, tiny_shapes):
     assert {"model", "ema", "optimizer", "epoch", "best_fitness", "opt", "yaml", "names"} <= set(ckpt)
     assert ckpt["epoch"] == 1
     assert "summary:" in out and "parameters" in out and "GFLOPs" in out
+    for plot in ("labels.jpg", "train_batch0.jpg", "results.png", "confusion_matrix.png", "val_batch0_pred.jpg"):
+        assert (run / plot).stat().st_size > 0, plot
 
 
 def test_weights_transfer_reports_count(tmp_path, tiny_shapes):
@@ -156,7 +158,9 @@ def test_training_flags_work_together(tmp_path, tiny_shapes):
         "--noautoanchor",
         "--seed",
         "5",
+        "--noplots",
     )
+    assert not list(run.glob("*.jpg")) and not list(run.glob("*.png"))  # --noplots
     ckpt = torch.load(run / "weights" / "last.pt", weights_only=True)
     assert ckpt["names"] == ["item"] and ckpt["nc"] == 1
     assert ckpt["opt"]["rect"] and ckpt["opt"]["optimizer"] == "Adam" and ckpt["opt"]["freeze"] == [3]

@@ -15,12 +15,14 @@ from yolodist.config.io import dump_yaml
 from yolodist.config.schema import Hyp, TrainConfig
 from yolodist.dist import collectives
 from yolodist.dist.env import DistEnv
+from yolodist.dist.scope import main_first
 from yolodist.engine import build, resume
 from yolodist.engine.checkpoint import build_checkpoint, save_checkpoint
 from yolodist.engine.ema import ModelEMA
 from yolodist.engine.optim import warmup
 from yolodist.engine.report import MainReporter, NullReporter
 from yolodist.engine.step import StepContext, train_step
+from yolodist.eval import plots, visuals
 from yolodist.eval.validator import ValResult, ValSettings, validate
 from yolodist.models import Model
 from yolodist.utils.io import atomic_write_text, cleanup_stale_tmp
@@ -30,6 +32,7 @@ from yolodist.utils.seed import rng_for, seed_everything
 
 LOGGER = logging.getLogger(__name__)
 LOG_EVERY = 10  # steps between loss synchronisations (the only host-device syncs of an epoch)
+PLOTTED_TRAIN_BATCHES = 3  # train_batch0..2.jpg, as upstream
 
 
 @dataclass
@@ -97,7 +100,9 @@ class Run:
 
 def setup(cfg: TrainConfig, env: DistEnv) -> Run:
     seed_everything(cfg.seed, cfg.deterministic)
-    ckpt, resume_dir = resume.load_start(cfg)
+    # A --weights URL or release name is fetched once per node, not once per rank.
+    with main_first(env, local=True, name="weights"):
+        ckpt, resume_dir = resume.load_start(cfg)
     if ckpt is not None and cfg.resume:
         cfg = resume.restore_config(cfg, ckpt)
     hyp = Hyp.from_dict(ckpt["hyp"]) if cfg.resume else build.load_hyp_for(cfg)
@@ -140,6 +145,10 @@ def fit(cfg: TrainConfig, env: DistEnv) -> FitResult:
         f"{cfg.batch_size // env.world_size} images; accumulating {run.optim.accumulate} batch(es) per step\n"
         f"Logging results to {colorstr(str(run.save_dir), 'bold')}\nStarting training for {cfg.epochs} epochs..."
     )
+    plotting = env.is_main and not cfg.noplots
+    if plotting and not cfg.resume:
+        labels = np.concatenate([lb for lb in run.data.train_set.labels if len(lb)] or [np.zeros((0, 5))])
+        plots.safe_plot(plots.plot_labels, labels, run.data.names, run.save_dir / "labels.jpg")
     t0 = time.time()
     result = ValResult()
     epoch = run.start_epoch - 1
@@ -150,10 +159,19 @@ def fit(cfg: TrainConfig, env: DistEnv) -> FitResult:
         final_epoch = epoch + 1 == cfg.epochs
         if run.data.val_loader is not None and (not cfg.noval or final_epoch):
             settings = ValSettings(single_cls=cfg.single_cls)
+            on_batch = visuals.batch_plotter(run.save_dir, run.data.names) if plotting and final_epoch else None
             result = validate(
-                run.ema.ema, run.data.val_loader, env, run.data.names, settings, loss_fn=run.ctx.loss_fn.items
+                run.ema.ema,
+                run.data.val_loader,
+                env,
+                run.data.names,
+                settings,
+                loss_fn=run.ctx.loss_fn.items,
+                on_batch=on_batch,
             )
             run.reporter.validation(result, per_class=final_epoch)
+            if plotting and final_epoch:
+                visuals.plot_validation(result, run.data.names, run.save_dir)
         run.best_fitness = max(run.best_fitness, result.fitness)
         run.reporter.results_row(epoch, train_losses, result, lrs)
         stop = collectives.broadcast_object(stopper(epoch, result.fitness) if env.is_main else None, env)
@@ -161,6 +179,8 @@ def fit(cfg: TrainConfig, env: DistEnv) -> FitResult:
             save_epoch(run, epoch, result)
         if stop:
             break
+    if plotting and (run.save_dir / "results.csv").is_file():
+        plots.safe_plot(plots.plot_results, run.save_dir / "results.csv")
     if env.is_main:
         hours = (time.time() - t0) / 3600
         LOGGER.info(
@@ -182,7 +202,11 @@ def train_one_epoch(run: Run, epoch: int) -> list[float]:
     loss_sum = torch.zeros(3, device=ctx.env.device)
     mean_losses = torch.zeros(3)
     last_update, logged = -1, 0
-    for i, (imgs, targets, _paths, _shapes) in enumerate(data.train_loader):
+    plot_batches = PLOTTED_TRAIN_BATCHES if ctx.env.is_main and not cfg.noplots and epoch == run.start_epoch else 0
+    for i, (imgs, targets, paths, _shapes) in enumerate(data.train_loader):
+        if i < plot_batches:
+            name = run.save_dir / f"train_batch{i}.jpg"
+            plots.safe_plot(plots.plot_images, imgs, targets, list(paths), data.names, name)
         global_step = i + steps * epoch
         accumulate = optim.accumulate
         if global_step <= warmup_iters:
