@@ -5,11 +5,14 @@ is ``perm[k*B:(k+1)*B]`` for the total batch ``B``; rank r takes the contiguous 
 ``[r*B/W, (r+1)*B/W)`` of it. One process with batch B and W processes with B/W each therefore see
 exactly the same samples per step, which is what makes runs world-size invariant.
 
-The last, partial global batch is dropped (``drop_last``) or padded to B by repeating its own
-samples cyclically, so every rank runs the same number of steps (a rank with fewer steps would hang
-the others in a collective). Padding from the same batch, not from the start of the permutation,
-keeps a rect-validation batch (``shuffle=False``) inside one dataset batch, so ``index // B`` still
-names its letterbox shape. Padded samples repeat; ``pad_mask`` tells which.
+The last, partial global batch (r < B samples) is dropped (``drop_last``) or split over the ranks
+as evenly as possible, in order: one process sees those r samples once, as upstream's last batch,
+and W processes see the same r samples, so the loss over the global batch (normalised by global
+counts) is the same. Every rank runs the same number of steps (a rank with fewer steps would hang the
+others in a collective). Only when r < W does a rank get no real sample; it then repeats one sample
+of the same batch (``pad_mask`` tells which), because an empty batch cannot go through BatchNorm.
+Taking the repeat from the same batch keeps a rect-validation batch (``shuffle=False``) inside one
+dataset batch, so ``index // B`` still names its letterbox shape.
 """
 
 from __future__ import annotations
@@ -63,21 +66,29 @@ class ShardedBatchSampler(Sampler[list[tuple[int, int]]]):
         return torch.randperm(self.num_samples, generator=g)
 
     def global_batch(self, k: int, order: torch.Tensor | None = None) -> list[int]:
-        """Indices of global batch ``k``; a partial last batch is padded to B by cycling its own samples."""
+        """Indices of global batch ``k`` (fewer than B for a partial last batch)."""
         order = self.order() if order is None else order
-        batch = order[k * self.batch_size : (k + 1) * self.batch_size].tolist()
-        if batch and len(batch) < self.batch_size:
-            batch = [batch[i % len(batch)] for i in range(self.batch_size)]
-        return batch
+        return order[k * self.batch_size : (k + 1) * self.batch_size].tolist()
+
+    def _slice(self, batch: list[int]) -> tuple[list[int], bool]:
+        """This rank's share of ``batch`` and whether it is a padding repeat."""
+        r = len(batch)
+        if r == self.batch_size:
+            lo = self.rank * self.per_rank
+            return batch[lo : lo + self.per_rank], False
+        base, extra = divmod(r, self.world)
+        lo = self.rank * base + min(self.rank, extra)
+        share = batch[lo : lo + base + (1 if self.rank < extra else 0)]
+        if share:
+            return share, False
+        return [batch[self.rank % r]], True
 
     def pad_mask(self, k: int) -> list[bool]:
         """For this rank's slice of batch ``k``: True where the sample is padding (a repeat)."""
-        real = min(self.batch_size, self.num_samples - k * self.batch_size)
-        start = self.rank * self.per_rank
-        return [start + j >= real for j in range(self.per_rank)]
+        share, padded = self._slice(self.global_batch(k))
+        return [padded] * len(share)
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         order, epoch = self.order(), self.epoch
-        lo, hi = self.rank * self.per_rank, (self.rank + 1) * self.per_rank
         for k in range(len(self)):
-            yield [(epoch, i) for i in self.global_batch(k, order)[lo:hi]]
+            yield [(epoch, i) for i in self._slice(self.global_batch(k, order))[0]]
