@@ -266,7 +266,7 @@ def test_unsafe_archives_are_refused_and_nothing_is_written(site, tmp_path, case
 
 def test_a_refused_archive_does_not_even_create_the_target(tmp_path):
     archive = _zip(tmp_path / "a.zip", [GOOD, ("../x", b"x")])
-    with pytest.raises(BadData, match="'../x'"):
+    with pytest.raises(BadData, match=r"'\.\./x'"):
         extract(archive, tmp_path / "new" / "target")
     assert _listing(tmp_path) == ["a.zip"]
 

@@ -11,6 +11,7 @@ import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import numpy as np
 import torch
@@ -26,12 +27,14 @@ from yolodist.dist import collectives, parallel
 from yolodist.dist.env import DistEnv
 from yolodist.dist.scope import main_first
 from yolodist.engine import autoanchor
-from yolodist.engine.checkpoint import load_checkpoint, transfer_weights
+from yolodist.engine.checkpoint import transfer_weights
 from yolodist.engine.ema import ModelEMA
 from yolodist.engine.loss import YoloLoss, reduce_loss
 from yolodist.engine.optim import accumulate_steps, build_optimizer, lr_lambda, scaled_weight_decay, warmup_steps
+from yolodist.engine.weights import load_weights
 from yolodist.errors import BadCheckpoint
 from yolodist.models import Model
+from yolodist.utils.download import download, release_url, url_basename
 
 LOGGER = logging.getLogger(__name__)
 
@@ -56,9 +59,24 @@ class OptimParts:
 
 
 def resolve_weights(weights: str) -> Path:
+    """A local weights file for ``--weights``: a path, an http(s) URL, or a known upstream release name.
+
+    A URL is fetched into the current folder under its own name (reused when already there); a missing
+    ``yolov5s.pt``-style name is fetched from the release (``$YOLODIST_RELEASE_URL`` overrides the base).
+    """
+    if urlsplit(weights).scheme.lower() in ("http", "https"):
+        path = Path(url_basename(weights) or "weights.pt")
+        if not path.is_file():
+            LOGGER.info(f"Downloading {weights} to {path.absolute()}")
+            download(weights, path)
+        return path
     path = Path(weights)
     if path.is_file():
         return path
+    url = release_url(path.name)
+    if url is not None:
+        LOGGER.info(f"Downloading {url} to {path.absolute()}")
+        return download(url, path)
     hint = ""
     if path.suffix == ".pt" and path.parent == Path("."):
         hint = (
@@ -88,7 +106,7 @@ def build_model(cfg: TrainConfig, hyp: Hyp, nc: int, names: list[str], ckpt: dic
 
 def load_start_checkpoint(cfg: TrainConfig) -> dict | None:
     if cfg.weights:
-        return load_checkpoint(resolve_weights(cfg.weights))
+        return load_weights(resolve_weights(cfg.weights))
     return None
 
 

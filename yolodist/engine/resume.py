@@ -6,7 +6,8 @@ import logging
 from pathlib import Path
 
 from yolodist.config.schema import TrainConfig
-from yolodist.engine.checkpoint import load_checkpoint, load_latest_good
+from yolodist.engine.checkpoint import load_latest_good
+from yolodist.engine.weights import load_weights
 from yolodist.errors import BadCheckpoint, BadFlag
 
 LOGGER = logging.getLogger(__name__)
@@ -40,7 +41,7 @@ def load_start(cfg: TrainConfig) -> tuple[dict | None, Path | None]:
     if cfg.weights:
         from yolodist.engine.build import resolve_weights
 
-        return load_checkpoint(resolve_weights(cfg.weights)), None
+        return load_weights(resolve_weights(cfg.weights)), None
     return None, None
 
 

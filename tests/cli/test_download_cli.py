@@ -1,0 +1,71 @@
+"""train.py fetching --weights: from an http URL (local server), and a release name while offline."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, free_port, run_script
+from tests.unit.test_download import serve
+from yolodist.data.synthetic import SHAPES_NAMES
+from yolodist.engine.checkpoint import build_checkpoint, save_checkpoint
+from yolodist.models import Model
+
+ARGS = ["--epochs", "1", "--img", "64", "--batch", "4", "--workers", "0", "--device", "cpu"]
+
+
+@pytest.fixture
+def tiny_weights(tmp_path) -> Path:
+    """A yolov5n checkpoint for the 'shapes' classes, written by our checkpoint API."""
+    site = tmp_path / "site"
+    site.mkdir()
+    model = Model("yolov5n.yaml", nc=len(SHAPES_NAMES))
+    ckpt = build_checkpoint(
+        model_state=model.state_dict(),
+        ema_state=None,
+        ema_updates=0,
+        optimizer_state=None,
+        epoch=-1,
+        best_fitness=0.0,
+        opt={},
+        yaml=model.yaml,
+        names=list(SHAPES_NAMES),
+        hyp={},
+    )
+    save_checkpoint(ckpt, site / "tiny.pt", keep_previous=False)
+    return site / "tiny.pt"
+
+
+def test_weights_from_an_http_url(tmp_path, tiny_shapes, tiny_weights):
+    work = tmp_path / "work"
+    work.mkdir()
+    with serve(tiny_weights.parent) as url:
+        proc = run_script(
+            [str(ROOT / "train.py"), "--weights", f"{url}/tiny.pt", "--data", str(tiny_shapes), *ARGS,
+             "--project", str(tmp_path / "runs")],
+            cwd=work,
+        )  # fmt: skip
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    assert (work / "tiny.pt").read_bytes() == tiny_weights.read_bytes()  # kept under its own name in the cwd
+    done = re.search(r"Transferred (\d+)/(\d+) items", out)
+    assert done and done[1] == done[2] and int(done[1]) > 0, out[-3000:]
+
+
+def test_a_release_name_offline_is_one_clear_line(tmp_path, tiny_shapes):
+    base = f"http://127.0.0.1:{free_port()}/v7.0"  # nothing listens there: the offline case
+    proc = run_script(
+        [str(ROOT / "train.py"), "--weights", "yolov5s.pt", "--data", str(tiny_shapes), *ARGS,
+         "--project", str(tmp_path / "runs")],
+        cwd=tmp_path,
+        env={"YOLODIST_RELEASE_URL": base},
+    )  # fmt: skip
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr + proc.stdout
+    errors = [line for line in proc.stderr.splitlines() if "error" in line]
+    assert len(errors) == 1, proc.stderr[-3000:]
+    assert f"could not download {base}/yolov5s.pt (" in errors[0]
+    assert f"put it at {tmp_path / 'yolov5s.pt'}" in errors[0]
+    assert not list(tmp_path.glob("*yolov5s.pt*"))  # no partial or temp file left behind

@@ -1,0 +1,86 @@
+"""One entry point for "give me weights from this file": our checkpoints and upstream YOLOv5 ones.
+
+``load_weights`` returns a checkpoint in our layout (see ``checkpoint``) whatever the file's origin;
+``load_model`` turns it into an inference-ready ``Model`` (EMA weights when present, float32, eval).
+train, val, detect and export all go through here, so a format is supported everywhere or nowhere.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from yolodist.engine.checkpoint import PickledCheckpoint, load_checkpoint
+from yolodist.engine.upstream import load_upstream
+from yolodist.errors import BadCheckpoint
+from yolodist.models import Model
+
+LOGGER = logging.getLogger(__name__)
+
+
+def load_weights(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
+    """The checkpoint at ``path`` in our layout, without executing anything from the file.
+
+    A file of pickled modules (upstream YOLOv5) goes to the allowlisted upstream reader; anything it
+    asks for outside that list is refused with ``BadCheckpoint`` before it is unpickled.
+    """
+    try:
+        return load_checkpoint(path, map_location)
+    except PickledCheckpoint:
+        pass  # handled below, outside the except block, so a refusal does not chain this error
+    ckpt = load_upstream(path, map_location)
+    LOGGER.info(f"Loaded upstream YOLOv5 checkpoint {path} ({len(ckpt['model'])} tensors)")
+    return ckpt
+
+
+def _is_fused(state: dict) -> bool:
+    """A state saved after ``fuse()``: Conv blocks carry a conv bias and no BatchNorm."""
+    return any(k.endswith(".conv.bias") for k in state) and not any(".bn." in k for k in state)
+
+
+def model_from_checkpoint(ckpt: dict, source: str | Path = "checkpoint") -> Model:
+    """A float32 ``Model`` in eval mode holding the checkpoint's EMA weights (else its model weights).
+
+    Upstream and yolodist store Detect's anchors the same way (grid units: pixels / stride) under the
+    same names, so the state dict loads as is; the strides measured here must equal the file's.
+    """
+    cfg = ckpt.get("yaml")
+    if not isinstance(cfg, dict):
+        raise BadCheckpoint(f"{source} holds no model description (no 'yaml'); it cannot be rebuilt")
+    state = ckpt.get("ema") or ckpt["model"]
+    nc = int(ckpt.get("nc") or cfg.get("nc"))
+    model = Model(cfg, ch=int(cfg.get("ch", 3)), nc=nc)
+    state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+    if _is_fused(state):
+        model.fuse()
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    misshapen = [k for k, v in state.items() if k in own and v.shape != own[k].shape]
+    if missing or unexpected or misshapen:
+        raise BadCheckpoint(
+            f"{source} does not match the model it describes ({len(missing)} missing, {len(unexpected)} unexpected, "
+            f"{len(misshapen)} misshapen tensors, e.g. {(missing or unexpected or misshapen)[0]}); the file is damaged"
+        )
+    model.load_state_dict(state)
+    stride = ckpt.get("stride")
+    if isinstance(stride, list | tuple) and [float(s) for s in stride] != model.stride.tolist():
+        raise BadCheckpoint(
+            f"{source} was made with strides {list(stride)} but its model description gives "
+            f"{model.stride.tolist()}; the file is damaged"
+        )
+    names = ckpt.get("names") or [str(i) for i in range(nc)]
+    model.names = list(names.values()) if isinstance(names, dict) else list(names)
+    return model.float().eval()
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu", fuse: bool = True) -> Model:
+    """An inference-ready model from a weights file (ours or upstream's), on ``device``."""
+    model = model_from_checkpoint(load_weights(path), path)
+    if fuse:
+        model.fuse()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model.to(device)
