@@ -1,0 +1,1 @@
+"""Inference on any exported or trained model: backends, input sources, drawing."""
