@@ -41,3 +41,36 @@ def run_script(
         timeout=timeout,
         check=False,
     )
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory, tiny_shapes) -> Path:
+    """An untrained yolov5n checkpoint for the built-in classes, biased to detect (many boxes above 0.001)."""
+    import torch
+    import yaml
+
+    from yolodist.engine.checkpoint import build_checkpoint, save_checkpoint
+    from yolodist.models import Model
+
+    names = yaml.safe_load(tiny_shapes.read_text())["names"]
+    names = list(names.values()) if isinstance(names, dict) else list(names)
+    torch.manual_seed(0)
+    model = Model("yolov5n.yaml", nc=len(names))
+    with torch.no_grad():
+        for conv in model.detect.m:
+            conv.bias.view(model.detect.na, -1)[:, 4] += 3.0  # objectness up: detections to score and draw
+    ckpt = build_checkpoint(
+        model_state=model.state_dict(),
+        ema_state=None,
+        ema_updates=0,
+        optimizer_state=None,
+        epoch=-1,
+        best_fitness=0.0,
+        opt={},
+        yaml=model.yaml,
+        names=names,
+        hyp={},
+    )
+    path = tmp_path_factory.mktemp("weights") / "tiny.pt"
+    save_checkpoint(ckpt, path)
+    return path

@@ -1,5 +1,174 @@
-"""`yolodist val` / `python val.py`."""
+"""``yolodist val`` / ``python val.py``: flags and output as upstream YOLOv5's val.py.
 
-from yolodist.cli.exit import not_yet
+Under ``torchrun`` every rank validates its shard and rank 0 reports (distributed validation);
+the metrics are those of a single process.
+"""
 
-main = not_yet("val", "val.py")
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from yolodist.cli.exit import run_command
+from yolodist.cli.flags import ArgumentParser, add_device, add_image_size, add_local_rank, add_run_dir
+from yolodist.errors import BadFlag
+
+LOGGER = logging.getLogger("yolodist")
+TASKS = ("val", "test", "speed")
+UNSUPPORTED = {
+    "augment": "test-time augmentation (--augment)",
+    "save_hybrid": "--save-hybrid (it writes labels mixed with predictions, which inflates mAP)",
+    "dnn": "OpenCV DNN inference (--dnn); use an .onnx file with onnxruntime",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = ArgumentParser(prog="val.py", description="Validate a trained YOLOv5 model on a dataset's val or test split.")
+    p.add_argument("--data", default=None, help="dataset.yaml path (default: built-in shapes)")
+    p.add_argument("--weights", nargs="+", default=["yolov5s.pt"], help="model path (.pt, .torchscript, .onnx)")
+    p.add_argument("--batch-size", "--batch", dest="batch_size", type=int, default=32, help="batch size (all ranks)")
+    add_image_size(p, 640)
+    p.add_argument("--conf-thres", type=float, default=0.001, help="confidence threshold")
+    p.add_argument("--iou-thres", type=float, default=0.6, help="NMS IoU threshold")
+    p.add_argument("--max-det", type=int, default=300, help="maximum detections per image")
+    p.add_argument("--task", default="val", help="val, test or speed")
+    add_device(p)
+    p.add_argument("--workers", type=int, default=8, help="max dataloader workers (per process)")
+    p.add_argument("--single-cls", action="store_true", help="treat as single-class dataset")
+    p.add_argument("--augment", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--verbose", action="store_true", help="report mAP by class")
+    p.add_argument("--save-txt", action="store_true", help="save results to *.txt")
+    p.add_argument("--save-hybrid", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--save-conf", action="store_true", help="save confidences in --save-txt labels")
+    p.add_argument("--save-json", action="store_true", help="save a COCO-JSON results file and score it")
+    add_run_dir(p, "runs/val")
+    p.add_argument("--half", action="store_true", help="use FP16 half-precision inference (CUDA)")
+    p.add_argument("--dnn", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--noplots", action="store_true", help="save no plot files")
+    p.add_argument("--dist-timeout", type=float, default=1800.0, help="distributed collective timeout in seconds")
+    add_local_rank(p)
+    return p
+
+
+def check_args(args: argparse.Namespace) -> None:
+    for flag, what in UNSUPPORTED.items():
+        if getattr(args, flag):
+            raise BadFlag(f"{what} is not supported by this val.py; drop the flag")
+    if args.task not in TASKS:
+        hint = " (the speed/accuracy study is not supported)" if args.task == "study" else ""
+        raise BadFlag(f"--task {args.task!r} is not one of {', '.join(TASKS)}{hint}")
+    if len(args.weights) != 1:
+        raise BadFlag("give one --weights file (model ensembles are not supported)")
+    if args.batch_size < 1 or args.imgsz < 1:
+        raise BadFlag("--batch-size and --img must be positive")
+    if not 0 <= args.conf_thres <= 1 or not 0 <= args.iou_thres <= 1:
+        raise BadFlag("--conf-thres and --iou-thres must be between 0 and 1")
+    if args.task == "speed":  # as upstream: timing at deployment thresholds, nothing saved
+        args.conf_thres, args.iou_thres, args.save_json, args.save_txt = 0.25, 0.45, False, False
+
+
+def run(args: argparse.Namespace) -> None:
+    """Validate on every rank of the launch; rank 0 reports and writes."""
+    from yolodist.dist import env as dist_env
+    from yolodist.dist.session import session
+    from yolodist.utils.log import setup_logging
+
+    env = dist_env.detect(args.device, args.local_rank)
+    setup_logging(env.rank)
+    with session(env, args.dist_timeout):
+        _validate(args, env)
+
+
+def _validate(args: argparse.Namespace, env) -> None:
+    from yolodist.data.dataset import YoloDataset
+    from yolodist.data.loader import build_loader
+    from yolodist.data.sampler import ShardedBatchSampler
+    from yolodist.data.spec import load_data_spec
+    from yolodist.dist import collectives
+    from yolodist.dist.scope import main_first
+    from yolodist.eval import outputs, visuals
+    from yolodist.eval.validator import ValSettings, format_table, validate
+    from yolodist.infer.backend import load_backend
+    from yolodist.utils.paths import increment_path
+
+    backend = load_backend(args.weights[0], env.device, half=args.half)
+    with main_first(env, local=True, name="val-dataset-yaml"):
+        spec = load_data_spec(args.data)
+    names = ["item"] if args.single_cls else list(backend.names)
+    if not args.single_cls and len(backend.names) != spec.nc:
+        raise BadFlag(
+            f"{args.weights[0]} was trained on {len(backend.names)} classes but {spec.yaml_file} has {spec.nc}; "
+            "pass the dataset the model was trained on (or --single-cls)"
+        )
+    split = spec.test if args.task == "test" else spec.val
+    if not split:
+        raise BadFlag(f"{spec.yaml_file} has no '{args.task}' split; add it to the YAML or use --task val")
+    imgsz = _check_imgsz(args.imgsz, backend)
+    batch = -(-args.batch_size // env.world_size) * env.world_size  # every rank gets the same share
+    with main_first(env, local=True, name="val-labels"):
+        dataset = YoloDataset(
+            split,
+            imgsz,
+            augment=False,
+            rect=backend.fixed_shape is None,  # a fixed-shape export takes square letterboxed inputs only
+            batch_size=batch,
+            stride=backend.stride,
+            pad=0.5,
+            single_cls=args.single_cls,
+            nc=spec.nc,
+            prefix=f"{args.task}: ",
+            workers=args.workers,
+        )
+    sampler = ShardedBatchSampler(len(dataset), batch, rank=env.rank, world=env.world_size, shuffle=False)
+    loader = build_loader(dataset, sampler, workers=args.workers)
+    save_dir = None
+    if env.is_main:
+        save_dir = increment_path(Path(args.project) / args.name, exist_ok=args.exist_ok, mkdir=True)
+    save_dir = Path(collectives.broadcast_object(str(save_dir) if save_dir else None, env))
+    plots = not args.noplots and args.task != "speed" and env.is_main
+    settings = ValSettings(args.conf_thres, args.iou_thres, args.max_det, args.single_cls, args.half)
+    on_batch = visuals.batch_plotter(save_dir, names) if plots else None
+    result = validate(backend, loader, env, names, settings, on_batch=on_batch, device=env.device)
+    if not env.is_main:
+        return
+    nc = len(names)
+    LOGGER.info(format_table(result, per_class=(args.verbose or nc < 50) and nc > 1))
+    shape = (batch // env.world_size, 3, imgsz, imgsz)
+    pre, inf, nms = result.speed_ms
+    LOGGER.info(f"Speed: {pre:.1f}ms pre-process, {inf:.1f}ms inference, {nms:.1f}ms NMS per image at shape {shape}")
+    if plots:
+        visuals.plot_validation(result, names, save_dir)
+    if args.save_txt:
+        n = outputs.write_txt(result.records, save_dir / "labels", args.save_conf)
+        LOGGER.info(f"{n} labels saved to {save_dir / 'labels'}")
+    if args.save_json:
+        scored = outputs.write_and_score_json(result.records, names, save_dir, Path(args.weights[0]).stem, spec.path)
+        if scored is not None:
+            LOGGER.info(f"COCO evaluator: mAP@0.5:0.95 {scored[0]:.4f}, mAP@0.5 {scored[1]:.4f}")
+    LOGGER.info(f"Results saved to {save_dir}")
+
+
+def _check_imgsz(imgsz: int, backend) -> int:
+    if backend.fixed_shape is not None:
+        h, w = backend.fixed_shape
+        if h != w or imgsz != h:
+            LOGGER.warning(f"{backend.__class__.__name__} was exported for {h}x{w} inputs; validating at {h}")
+        return h
+    rounded = max(-(-imgsz // backend.stride) * backend.stride, backend.stride)
+    if rounded != imgsz:
+        LOGGER.warning(f"--img {imgsz} must be a multiple of the max stride {backend.stride}, updating to {rounded}")
+    return rounded
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser().parse_args(argv)
+
+    def body() -> int:
+        check_args(args)
+        run(args)
+        return 0
+
+    return run_command("val", body)
