@@ -124,3 +124,31 @@ def test_category_ids_map_sorted_annotation_ids():
     assert coco.category_ids_from(ann, 3) == [1, 3, 90]
     with pytest.raises(Exception, match="3 categories but the model has 2"):
         coco.category_ids_from(ann, 2)
+
+
+def test_dataset_coco_annotations_are_used_with_their_ids(tmp_path):
+    """A dataset with COCO annotations (numeric file stems, category ids with gaps) is scored against them."""
+    from yolodist.eval.outputs import write_and_score_json
+
+    rng = np.random.default_rng(5)
+    images = []
+    for i in range(12):
+        xy = rng.uniform(0, 200, (4, 2))
+        boxes = np.concatenate([xy, xy + rng.uniform(20, 50, (4, 2))], 1)
+        images.append(
+            (f"/data/images/{1000 + i:012d}.jpg", (256, 256), np.concatenate([rng.integers(0, 2, (4, 1)), boxes], 1))
+        )
+    records = _records(images, 2, 5)
+    names = ["cat", "dog"]
+    ids = {p: coco.image_id_for(p) for p in records}
+    gt = coco.ground_truth_json(records, names, [17, 18], ids)  # COCO's ids for cat and dog
+    (tmp_path / "annotations").mkdir()
+    (tmp_path / "annotations" / "instances_val2017.json").write_text(json.dumps(gt))
+    out = tmp_path / "run"
+    out.mkdir()
+    ref_map, ref_50 = write_and_score_json(records, names, out, "best", tmp_path)
+    preds = json.loads((out / "best_predictions.json").read_text())
+    assert {p["category_id"] for p in preds} <= {17, 18} and {p["image_id"] for p in preds} <= set(range(1000, 1012))
+    assert not (out / "annotations.json").exists()  # the dataset's own annotations were the ground truth
+    ours = metrics_from_records(records, names)
+    assert abs(ours.map - ref_map) <= 0.01 and abs(ours.map50 - ref_50) <= 0.01
