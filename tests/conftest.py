@@ -6,9 +6,14 @@ import os
 import socket
 import subprocess
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -46,19 +51,40 @@ def run_script(
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory, tiny_shapes) -> Path:
     """An untrained yolov5n checkpoint for the built-in classes, biased to detect (many boxes above 0.001)."""
-    import torch
     import yaml
+
+
+    names = yaml.safe_load(tiny_shapes.read_text())["names"]
+    names = list(names.values()) if isinstance(names, dict) else list(names)
+
+    def detect_more(model) -> None:
+        for conv in model.detect.m:
+            conv.bias.view(model.detect.na, -1)[:, 4] += 3.0  # objectness up: detections to score and draw
+
+    return write_checkpoint(tmp_path_factory.mktemp("weights") / "tiny.pt", names, edit=detect_more)
+
+
+def write_checkpoint(
+    path: Path,
+    names: Sequence[str],
+    *,
+    seed: int = 0,
+    edit: Callable[[torch.nn.Module], None] | None = None,
+) -> Path:
+    """Write an untrained YOLOv5n checkpoint for ``names`` through our checkpoint API.
+
+    ``edit(model)`` may change the model first (e.g. push head biases so that detections appear).
+    """
+    import torch
 
     from yolodist.engine.checkpoint import build_checkpoint, save_checkpoint
     from yolodist.models import Model
 
-    names = yaml.safe_load(tiny_shapes.read_text())["names"]
-    names = list(names.values()) if isinstance(names, dict) else list(names)
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     model = Model("yolov5n.yaml", nc=len(names))
-    with torch.no_grad():
-        for conv in model.detect.m:
-            conv.bias.view(model.detect.na, -1)[:, 4] += 3.0  # objectness up: detections to score and draw
+    if edit is not None:
+        with torch.no_grad():
+            edit(model)
     ckpt = build_checkpoint(
         model_state=model.state_dict(),
         ema_state=None,
@@ -68,9 +94,8 @@ def tiny_checkpoint(tmp_path_factory, tiny_shapes) -> Path:
         best_fitness=0.0,
         opt={},
         yaml=model.yaml,
-        names=names,
+        names=list(names),
         hyp={},
     )
-    path = tmp_path_factory.mktemp("weights") / "tiny.pt"
-    save_checkpoint(ckpt, path)
+    save_checkpoint(ckpt, path, keep_previous=False)
     return path

@@ -8,9 +8,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-import torch
 
-from tests.conftest import ROOT, run_script
+from tests.conftest import ROOT, run_script, write_checkpoint
 
 NAMES = ["circle", "square", "triangle"]
 
@@ -21,32 +20,15 @@ def build_weights(path: Path) -> Path:
     An untrained model finds nothing at --conf-thres 0.25, which would leave drawing, labels and crops
     untested; with objectness and class 0 logits at +6 every image yields detections.
     """
-    from yolodist.engine.checkpoint import build_checkpoint, save_checkpoint
-    from yolodist.models import Model
 
-    torch.manual_seed(0)
-    model = Model("yolov5n.yaml", nc=len(NAMES))
-    detect = model.detect
-    with torch.no_grad():
-        for conv in detect.m:
-            bias = conv.bias.view(detect.na, -1)
+    def confident_circles(model) -> None:
+        for conv in model.detect.m:
+            bias = conv.bias.view(model.detect.na, -1)
             bias[:, 4] = 6.0
             bias[:, 5] = 6.0
             bias[:, 6:] = -6.0
-    ckpt = build_checkpoint(
-        model_state=model.state_dict(),
-        ema_state=None,
-        ema_updates=0,
-        optimizer_state=None,
-        epoch=-1,
-        best_fitness=0.0,
-        opt={},
-        yaml=model.yaml,
-        names=NAMES,
-        hyp={},
-    )
-    save_checkpoint(ckpt, path, keep_previous=False)
-    return path
+
+    return write_checkpoint(path, NAMES, edit=confident_circles)
 
 
 @pytest.fixture(scope="module")

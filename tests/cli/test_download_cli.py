@@ -7,11 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, free_port, run_script
+from tests.conftest import ROOT, free_port, run_script, write_checkpoint
 from tests.unit.test_download import serve
 from yolodist.data.synthetic import SHAPES_NAMES
-from yolodist.engine.checkpoint import build_checkpoint, save_checkpoint
-from yolodist.models import Model
 
 ARGS = ["--epochs", "1", "--img", "64", "--batch", "4", "--workers", "0", "--device", "cpu"]
 
@@ -21,21 +19,7 @@ def tiny_weights(tmp_path) -> Path:
     """A yolov5n checkpoint for the 'shapes' classes, written by our checkpoint API."""
     site = tmp_path / "site"
     site.mkdir()
-    model = Model("yolov5n.yaml", nc=len(SHAPES_NAMES))
-    ckpt = build_checkpoint(
-        model_state=model.state_dict(),
-        ema_state=None,
-        ema_updates=0,
-        optimizer_state=None,
-        epoch=-1,
-        best_fitness=0.0,
-        opt={},
-        yaml=model.yaml,
-        names=list(SHAPES_NAMES),
-        hyp={},
-    )
-    save_checkpoint(ckpt, site / "tiny.pt", keep_previous=False)
-    return site / "tiny.pt"
+    return write_checkpoint(site / "tiny.pt", SHAPES_NAMES)
 
 
 def test_weights_from_an_http_url(tmp_path, tiny_shapes, tiny_weights):

@@ -7,6 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.conftest import write_checkpoint
+
 CHECKPOINT_NAMES = ["circle", "square", "triangle"]
 
 
@@ -16,29 +18,14 @@ def make_checkpoint(path: Path, seed: int = 0) -> Path:
     BatchNorm statistics are randomised (as after training) so that fusing them into the convolutions
     changes the weights; a freshly built model's identity statistics would hide fusion errors.
     """
-    from yolodist.engine.checkpoint import build_checkpoint, save_checkpoint
-    from yolodist.models import Model
 
-    torch.manual_seed(seed)
-    model = Model("yolov5n.yaml", nc=len(CHECKPOINT_NAMES))
-    for module in model.modules():
-        if isinstance(module, torch.nn.BatchNorm2d):
-            module.running_mean.normal_(0, 0.1)
-            module.running_var.uniform_(0.5, 2.0)
-    ckpt = build_checkpoint(
-        model_state=model.state_dict(),
-        ema_state=None,
-        ema_updates=0,
-        optimizer_state=None,
-        epoch=-1,
-        best_fitness=0.0,
-        opt={},
-        yaml=model.yaml,
-        names=CHECKPOINT_NAMES,
-        hyp={},
-    )
-    save_checkpoint(ckpt, path, keep_previous=False)
-    return path
+    def randomise_bn(model: torch.nn.Module) -> None:
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.normal_(0, 0.1)
+                module.running_var.uniform_(0.5, 2.0)
+
+    return write_checkpoint(path, CHECKPOINT_NAMES, seed=seed, edit=randomise_bn)
 
 
 @pytest.fixture(scope="session")
