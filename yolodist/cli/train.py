@@ -71,7 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def add_launch_flags(p: argparse.ArgumentParser) -> None:
     """Our launch shortcut: start the DDP job through torch.distributed.run from this command."""
-    group = p.add_argument_group("launch shortcut (instead of python -m torch.distributed.run)")
+    group = p.add_argument_group(
+        "launch shortcut (instead of python -m torch.distributed.run)",
+        "--dist-timeout also bounds how long the nodes wait for each other to join.",
+    )
     group.add_argument(
         "--nproc-per-node",
         "--nproc_per_node",
@@ -129,8 +132,13 @@ def main(argv: list[str] | None = None) -> int:
 
         if args.nproc_per_node and not launcher.under_launcher():
             config_from_args(args).check_world(args.nproc_per_node * args.nnodes)  # fail before launching
-            where = launcher.launch_args(
-                args.nproc_per_node, args.nnodes, args.node_rank, args.master_addr, args.master_port
+            where = launcher.plan(
+                args.nproc_per_node,
+                args.nnodes,
+                args.node_rank,
+                args.master_addr,
+                args.master_port,
+                join_timeout_s=args.dist_timeout,
             )
             return launcher.launch(where, "yolodist.cli", ["train", *strip_launch_flags(argv)])
         from yolodist.engine.launch import train  # heavy imports only after the flags are fine
