@@ -75,3 +75,35 @@ def test_missing_weights_and_class_mismatch(tmp_path, tiny_shapes, tiny_checkpoi
     proc = val(tmp_path, other, tiny_checkpoint)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "classes" in proc.stderr
+
+
+def test_exported_models_validate_like_the_checkpoint_and_detect(tmp_path, tiny_shapes, tiny_checkpoint):
+    """The .onnx and .torchscript files of a checkpoint give val.py the same table, and detect.py runs them.
+
+    Exported with --dynamic, so validation uses the same rectangular batches as the checkpoint does.
+    """
+    weights = tmp_path / "tiny.pt"
+    weights.write_bytes(tiny_checkpoint.read_bytes())
+    export = run_script(
+        [str(ROOT / "export.py"), "--weights", str(weights), "--include", "torchscript", "onnx", "--img", "64",
+         "--batch", "4", "--device", "cpu", "--dynamic"],
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert export.returncode == 0, export.stderr[-3000:]
+    rows = {}
+    for suffix in (".pt", ".onnx", ".torchscript"):
+        proc = val(tmp_path, tiny_shapes, weights.with_suffix(suffix), "--noplots", name=suffix[1:])
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        rows[suffix] = re.search(r"^\s+all\s.*$", proc.stdout + proc.stderr, re.M).group(0)
+    assert rows[".onnx"] == rows[".pt"] == rows[".torchscript"]
+    image = sorted((Path(yaml.safe_load(tiny_shapes.read_text())["path"]) / "images" / "val").iterdir())[0]
+    for suffix in (".onnx", ".torchscript"):  # the boxes themselves: backend parity tests in tests/unit/test_export.py
+        proc = run_script(
+            [str(ROOT / "detect.py"), "--weights", str(weights.with_suffix(suffix)), "--source", str(image),
+             "--img", "64", "--conf-thres", "0.001", "--save-txt", "--device", "cpu",
+             "--project", str(tmp_path / "det"), "--name", suffix[1:]],
+            cwd=tmp_path,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert (tmp_path / "det" / suffix[1:] / "labels" / f"{image.stem}.txt").read_text().strip()
+        assert (tmp_path / "det" / suffix[1:] / image.name).stat().st_size > 0
