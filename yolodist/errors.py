@@ -37,3 +37,17 @@ class DistFailure(UserError):
     """A distributed job could not start or lost a rank."""
 
     exit_code = 1
+
+
+class NonFiniteLoss(UserError):
+    """The loss or the gradients stayed NaN/inf for many updates in a row."""
+
+    exit_code = 1
+
+
+class Interrupted(UserError):
+    """Training stopped on SIGINT/SIGTERM after a checkpoint; exits 128 + the signal number (130, 143)."""
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.exit_code = 128 + signum

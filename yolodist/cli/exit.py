@@ -6,7 +6,7 @@ import logging
 import sys
 from collections.abc import Callable
 
-from yolodist.errors import UserError
+from yolodist.errors import Interrupted, UserError
 
 EXIT_INTERRUPTED = 130
 
@@ -15,6 +15,9 @@ def run_command(command: str, body: Callable[[], int | None]) -> int:
     """Run ``body``; a ``UserError`` becomes one actionable line on stderr instead of a traceback."""
     try:
         return int(body() or 0)
+    except Interrupted as e:  # not a mistake: the message says how to resume
+        print(f"yolodist {command}: {e}", file=sys.stderr, flush=True)
+        return e.exit_code
     except UserError as e:
         logging.getLogger("yolodist").debug("user error", exc_info=True)
         print(f"yolodist {command}: error: {e}", file=sys.stderr, flush=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import signal
 from collections.abc import Sequence
 
 import cv2
@@ -36,6 +37,8 @@ def seed_worker(worker_id: int) -> None:
     stray library randomness distinct between workers. cv2 threads are turned off: workers already
     run in parallel, and cv2's own pool oversubscribes the cores.
     """
+    # The trainer stops in order on Ctrl-C; a worker must not die of it first (spawn start method).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)
     random.seed(seed)

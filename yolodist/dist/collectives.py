@@ -7,6 +7,8 @@ rank's device and come back to where they were, so callers may pass CPU tensors 
 
 from __future__ import annotations
 
+from types import FrameType
+
 import torch
 import torch.distributed as dist
 
@@ -83,3 +85,45 @@ def reduce_dict(values: dict[str, torch.Tensor], env: DistEnv, average: bool = T
         stacked = stacked.double()
     all_reduce(stacked, env, "mean" if average else "sum")
     return dict(zip(keys, stacked.unbind(0), strict=True))
+
+
+# How a collective reports that a peer went away (gloo, NCCL, the store); lower-case fragments.
+_LOST_PEER = (
+    "connection closed by peer",
+    "connection reset by peer",
+    "broken pipe",
+    "remote worker crashing",
+    "socket closed",
+    "ncclremoteerror",
+    "communicator was aborted",
+    "connection refused",
+)
+_TIMED_OUT = ("timed out waiting", "collective operation timeout", "wait timeout", "socket timeout")
+# Code a thread is waiting in while it waits for its peers: our helpers, torch's collectives, and
+# the autograd engine, where DDP's backward waits for its gradient all-reduce.
+_WAITING_MODULES = ("yolodist.dist.", "torch.distributed", "torch.nn.parallel", "torch.autograd")
+
+
+def peer_failure(error: BaseException) -> str | None:
+    """'lost' when ``error`` comes from a collective whose peer died, 'timeout' when it waited too long; else None.
+
+    Lets the caller tell "another rank failed" from its own failure without parsing backend text itself.
+    """
+    if not isinstance(error, RuntimeError):  # gloo, NCCL and the store (DistError) all raise RuntimeErrors
+        return None
+    text = str(error).lower()
+    if any(fragment in text for fragment in _LOST_PEER) or isinstance(error, dist.DistNetworkError):
+        return "lost"
+    if any(fragment in text for fragment in _TIMED_OUT):
+        return "timeout"
+    return None
+
+
+def waiting_for_peers(frame: FrameType | None) -> bool:
+    """Whether the stack ending in ``frame`` is inside a collective (or DDP's backward), i.e. waiting on others."""
+    while frame is not None:
+        module = frame.f_globals.get("__name__", "")
+        if module.startswith(_WAITING_MODULES) and module != "yolodist.dist.session":
+            return True
+        frame = frame.f_back
+    return False

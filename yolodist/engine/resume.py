@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from torch.utils.data import DataLoader, Sampler
+
 from yolodist.config.schema import TrainConfig
-from yolodist.engine.checkpoint import load_latest_good
+from yolodist.engine.checkpoint import PickledCheckpoint, load_latest_good
 from yolodist.engine.weights import load_weights
 from yolodist.errors import BadCheckpoint, BadFlag
 
@@ -31,7 +35,14 @@ def load_start(cfg: TrainConfig) -> tuple[dict | None, Path | None]:
         path = find_latest_last() if cfg.resume is True else Path(str(cfg.resume))
         if not path.is_file():
             raise BadFlag(f"--resume {path}: no such checkpoint")
-        ckpt, used = load_latest_good(path)
+        try:
+            ckpt, used = load_latest_good(path)
+        except PickledCheckpoint:
+            raise BadCheckpoint(
+                f"--resume {path}: not a yolodist checkpoint (it holds pickled objects, as upstream YOLOv5 files "
+                f"do), so it was not loaded; --resume continues yolodist runs only: start a new run"
+                f" with --weights {path}"
+            ) from None
         if ckpt.get("optimizer") is None or "opt" not in ckpt:
             raise BadCheckpoint(
                 f"{used} cannot be resumed (it holds no optimizer state); use it with --weights instead"
@@ -76,3 +87,48 @@ def restore_training(cfg: TrainConfig, ckpt: dict | None, optim, ema) -> tuple[i
         group["lr"] = group["initial_lr"] * lr_scale
     LOGGER.info(f"Resuming training from epoch {start_epoch} to {cfg.epochs} total epochs")
     return start_epoch, float(ckpt.get("best_fitness", 0.0))
+
+
+def batches_done(cfg: TrainConfig, ckpt: dict | None) -> int:
+    """Batches of the first resumed epoch trained before an interruption (0: start it from the beginning).
+
+    Counted in global batches, which do not depend on the world size, so a run interrupted on two
+    processes can resume on one.
+    """
+    if ckpt is None or not cfg.resume:
+        return 0
+    done = int(ckpt.get("batches_done") or 0)
+    if done:
+        LOGGER.info(f"Resuming epoch {int(ckpt['epoch']) + 1} after its first {done} batches")
+    return done
+
+
+class SkipBatches(Sampler):
+    """A batch sampler's batches from number ``start`` on: the sampler is deterministic, so the rest is exact."""
+
+    def __init__(self, sampler: Sampler, start: int) -> None:
+        self.sampler, self.start = sampler, start
+
+    def __len__(self) -> int:
+        return max(len(self.sampler) - self.start, 0)
+
+    def __iter__(self) -> Iterator:
+        return itertools.islice(iter(self.sampler), self.start, None)
+
+
+def batches_from(loader: DataLoader, start: int) -> Iterable:
+    """``loader``, or (for an epoch resumed mid-way) a loader like it without its first ``start`` batches.
+
+    Only the batch indices are skipped, not loaded: every sample's augmentation depends on (seed,
+    epoch, index) alone, so the remaining batches are exactly those of the uninterrupted epoch.
+    """
+    if start == 0:
+        return loader
+    return DataLoader(
+        loader.dataset,
+        batch_sampler=SkipBatches(loader.batch_sampler, start),
+        num_workers=loader.num_workers,
+        collate_fn=loader.collate_fn,
+        worker_init_fn=loader.worker_init_fn,
+        pin_memory=loader.pin_memory,
+    )

@@ -21,7 +21,9 @@ from yolodist.engine.checkpoint import build_checkpoint, save_checkpoint
 from yolodist.engine.ema import ModelEMA
 from yolodist.engine.optim import warmup
 from yolodist.engine.report import MainReporter, NullReporter
-from yolodist.engine.step import StepContext, train_step
+from yolodist.engine.step import MAX_SKIPPED_UPDATES, StepContext, train_step
+from yolodist.engine.watchdog import Guard, StopRequested
+from yolodist.errors import DistFailure, Interrupted, NonFiniteLoss
 from yolodist.eval import plots, visuals
 from yolodist.eval.validator import ValResult, ValSettings, validate
 from yolodist.models import Model
@@ -96,6 +98,7 @@ class Run:
     warmup_iters: int
     start_epoch: int
     best_fitness: float
+    start_batch: int = 0  # batches of start_epoch trained before an interruption
 
 
 def setup(cfg: TrainConfig, env: DistEnv) -> Run:
@@ -130,16 +133,17 @@ def setup(cfg: TrainConfig, env: DistEnv) -> Run:
     ctx = StepContext(net, model, loss_fn, optim.optimizer, optim.scaler, ema, env, cfg.batch_size, amp=amp)
     reporter = MainReporter(save_dir, cfg.epochs, env.device) if env.is_main else NullReporter()
     warmup_iters = build.warmup_iterations(cfg, hyp, len(data.train_loader))
-    return Run(
+    run = Run(
         cfg, env, hyp, save_dir, model, ema, optim, data, ctx, reporter, stride, warmup_iters, start_epoch, best_fitness
     )
+    run.start_batch = resume.batches_done(cfg, ckpt)
+    return run
 
 
 def fit(cfg: TrainConfig, env: DistEnv) -> FitResult:
     """Train for the configured epochs: train, validate the EMA, save, report; stop early when told."""
     run = setup(cfg, env)
     cfg = run.cfg
-    stopper = EarlyStopping(cfg.patience)
     LOGGER.info(
         f"Image sizes {cfg.imgsz} train, {cfg.imgsz} val; {env.world_size} process(es) x "
         f"{cfg.batch_size // env.world_size} images; accumulating {run.optim.accumulate} batch(es) per step\n"
@@ -150,35 +154,9 @@ def fit(cfg: TrainConfig, env: DistEnv) -> FitResult:
         labels = np.concatenate([lb for lb in run.data.train_set.labels if len(lb)] or [np.zeros((0, 5))])
         plots.safe_plot(plots.plot_labels, labels, run.data.names, run.save_dir / "labels.jpg")
     t0 = time.time()
-    result = ValResult()
-    epoch = run.start_epoch - 1
-    for epoch in range(run.start_epoch, cfg.epochs):
-        train_losses = train_one_epoch(run, epoch)
-        lrs = [group["lr"] for group in run.optim.optimizer.param_groups]
-        run.optim.scheduler.step()
-        final_epoch = epoch + 1 == cfg.epochs
-        if run.data.val_loader is not None and (not cfg.noval or final_epoch):
-            settings = ValSettings(single_cls=cfg.single_cls)
-            on_batch = visuals.batch_plotter(run.save_dir, run.data.names) if plotting and final_epoch else None
-            result = validate(
-                run.ema.ema,
-                run.data.val_loader,
-                env,
-                run.data.names,
-                settings,
-                loss_fn=run.ctx.loss_fn.items,
-                on_batch=on_batch,
-            )
-            run.reporter.validation(result, per_class=final_epoch)
-            if plotting and final_epoch:
-                visuals.plot_validation(result, run.data.names, run.save_dir)
-        run.best_fitness = max(run.best_fitness, result.fitness)
-        run.reporter.results_row(epoch, train_losses, result, lrs)
-        stop = collectives.broadcast_object(stopper(epoch, result.fitness) if env.is_main else None, env)
-        if env.is_main and (not cfg.nosave or final_epoch or stop):
-            save_epoch(run, epoch, result)
-        if stop:
-            break
+    with Guard(env, cfg.dist_timeout) as guard:
+        run.ctx.pending_signal = guard.pending_signal
+        epoch, result = guarded_epochs(run, guard)
     if plotting and (run.save_dir / "results.csv").is_file():
         plots.safe_plot(plots.plot_results, run.save_dir / "results.csv")
     if env.is_main:
@@ -190,10 +168,96 @@ def fit(cfg: TrainConfig, env: DistEnv) -> FitResult:
     return FitResult(run.save_dir, epoch - run.start_epoch + 1, run.best_fitness, result)
 
 
-def train_one_epoch(run: Run, epoch: int) -> list[float]:
-    """One pass over this rank's shard; returns the epoch's mean (box, obj, cls) losses over all ranks."""
-    ctx, data, cfg, hyp, optim, reporter = run.ctx, run.data, run.cfg, run.hyp, run.optim, run.reporter
-    warmup_iters, stride = run.warmup_iters, run.stride
+def guarded_epochs(run: Run, guard: Guard) -> tuple[int, ValResult]:
+    """The epochs, with an agreed stop turned into a checkpoint and a peer's failure into one line per rank."""
+    try:
+        return run_epochs(run, guard)
+    except StopRequested as stop:
+        with guard.paused():
+            raise interrupted(run, stop) from None
+    except Exception as error:
+        kind = collectives.peer_failure(error)
+        if kind is None or not run.env.is_distributed:
+            raise
+        raise DistFailure(guard.failure_message(kind)) from error
+
+
+def run_epochs(run: Run, guard: Guard) -> tuple[int, ValResult]:
+    """Train, validate, save and report each epoch; returns the last epoch and its validation result."""
+    cfg, env = run.cfg, run.env
+    stopper = EarlyStopping(cfg.patience)
+    result = ValResult()
+    epoch = run.start_epoch - 1
+    for epoch in range(run.start_epoch, cfg.epochs):
+        start = run.start_batch if epoch == run.start_epoch else 0
+        train_losses = train_one_epoch(run, epoch, guard, start)
+        lrs = [group["lr"] for group in run.optim.optimizer.param_groups]
+        run.optim.scheduler.step()
+        final_epoch = epoch + 1 == cfg.epochs
+        with guard.paused():  # validation and saving have their own waits and timeouts
+            result = validate_epoch(run, final_epoch) or result
+            run.best_fitness = max(run.best_fitness, result.fitness)
+            run.reporter.results_row(epoch, train_losses, result, lrs)
+            stop = collectives.broadcast_object(stopper(epoch, result.fitness) if env.is_main else None, env)
+            if env.is_main and (not cfg.nosave or final_epoch or stop) and not skipping(run, epoch):
+                save_epoch(run, epoch, result)
+            if stop or final_epoch:
+                break
+            # A signal that arrived during validation or saving stops here rather than an epoch later.
+            signum = collectives.all_reduce(torch.tensor([float(guard.pending_signal())]), env, op="max").item()
+        if signum:
+            raise StopRequested(epoch + 1, 0, int(signum), needs_save=cfg.nosave)
+    return epoch, result
+
+
+def skipping(run: Run, epoch: int) -> bool:
+    """Whether the epoch ended inside a run of skipped (non-finite) updates: then last.pt is left as it was."""
+    skipped = run.ctx.skipped_in_a_row
+    if skipped:
+        LOGGER.warning(f"epoch {epoch}: not saving, the last {skipped} update(s) were skipped (non-finite values)")
+    return skipped > 0
+
+
+def validate_epoch(run: Run, final_epoch: bool) -> ValResult | None:
+    """Validate the EMA when this epoch is validated (every epoch, or only the last with --noval)."""
+    cfg = run.cfg
+    if run.data.val_loader is None or (cfg.noval and not final_epoch):
+        return None
+    plotting = run.env.is_main and not cfg.noplots and final_epoch
+    on_batch = visuals.batch_plotter(run.save_dir, run.data.names) if plotting else None
+    settings = ValSettings(single_cls=cfg.single_cls)
+    data = run.data
+    result = validate(
+        run.ema.ema, data.val_loader, run.env, data.names, settings, loss_fn=run.ctx.loss_fn.items, on_batch=on_batch
+    )
+    run.reporter.validation(result, per_class=final_epoch)
+    if plotting:
+        visuals.plot_validation(result, run.data.names, run.save_dir)
+    return result
+
+
+def interrupted(run: Run, stop: StopRequested) -> Interrupted:
+    """Rank 0 writes the checkpoint to resume from; every rank returns the error it exits with (128 + signal)."""
+    env = run.env
+    path = run.save_dir / "weights" / "last.pt"
+    if env.is_main and stop.needs_save and not skipping(run, stop.epoch):
+        save_interrupted(run, stop.epoch, stop.batches_done)
+    try:
+        collectives.barrier(env)  # the others leave only once the checkpoint is written
+    except Exception as error:
+        if collectives.peer_failure(error) is None:
+            raise
+        raise DistFailure(f"rank {env.rank}: rank 0 failed while writing {path}; see its error") from error
+    where = f"epoch {stop.epoch} step {stop.batches_done}"
+    if not env.is_main:
+        return Interrupted(f"rank {env.rank}: interrupted at {where} together with rank 0", stop.signum)
+    launcher = " (under the same launcher command)" if env.is_distributed else ""
+    return Interrupted(f"Interrupted at {where}; resume with: python train.py --resume {path}{launcher}", stop.signum)
+
+
+def train_one_epoch(run: Run, epoch: int, guard: Guard | None = None, start: int = 0) -> list[float]:
+    """One pass over this rank's shard from batch ``start``; returns the mean (box, obj, cls) losses over all ranks."""
+    ctx, data, cfg, reporter = run.ctx, run.data, run.cfg, run.reporter
     ctx.net.train()
     data.train_sampler.set_epoch(epoch)
     steps = len(data.train_loader)
@@ -201,56 +265,91 @@ def train_one_epoch(run: Run, epoch: int) -> list[float]:
     started = time.perf_counter()
     loss_sum = torch.zeros(3, device=ctx.env.device)
     mean_losses = torch.zeros(3)
-    last_update, logged = -1, 0
+    # A resumed epoch starts right after an update, so its accumulation windows are the original's.
+    last_update, logged = start - 1, start
     plot_batches = PLOTTED_TRAIN_BATCHES if ctx.env.is_main and not cfg.noplots and epoch == run.start_epoch else 0
-    for i, (imgs, targets, paths, _shapes) in enumerate(data.train_loader):
+    for i, (imgs, targets, paths, _shapes) in enumerate(resume.batches_from(data.train_loader, start), start):
+        if guard is not None:
+            guard.pet(epoch, i)
         if i < plot_batches:
             name = run.save_dir / f"train_batch{i}.jpg"
             plots.safe_plot(plots.plot_images, imgs, targets, list(paths), data.names, name)
-        global_step = i + steps * epoch
-        accumulate = optim.accumulate
-        if global_step <= warmup_iters:
-            accumulate = max(1, int(np.interp(global_step, [0, warmup_iters], [1, optim.accumulate]).round()))
-            warmup(
-                optim.optimizer,
-                global_step,
-                warmup_iters,
-                epoch,
-                optim.lr_fn,
-                hyp.warmup_bias_lr,
-                hyp.momentum,
-                hyp.warmup_momentum,
-            )
-        imgs = imgs.to(ctx.env.device, non_blocking=True).float() / 255
-        if cfg.multi_scale:
-            size = multi_scale_size(cfg, epoch, i, stride)
-            if size != imgs.shape[-1]:
-                scale = size / max(imgs.shape[2:])
-                new_shape = [max(round(x * scale / stride) * stride, stride) for x in imgs.shape[2:]]
-                imgs = F.interpolate(imgs, size=new_shape, mode="bilinear", align_corners=False)
+        accumulate = apply_warmup(run, epoch, i + steps * epoch)
+        imgs = network_input(run, imgs, epoch, i)
         # Accumulation windows end with the epoch, so an epoch-end checkpoint resumes exactly.
         update = i - last_update >= accumulate or i == steps - 1
-        loss_sum += train_step(ctx, imgs, targets.to(ctx.env.device), update)
+        items = train_step(ctx, imgs, targets.to(ctx.env.device), update)
+        loss_sum += torch.nan_to_num(items, nan=0.0, posinf=0.0, neginf=0.0)  # a skipped update's NaN stays out
         if update:
             last_update = i
+            after_update(run, epoch, i)
         if (i + 1) % LOG_EVERY == 0 or i == steps - 1:
-            mean_losses = collectives.all_reduce(loss_sum.clone(), ctx.env, op="sum").cpu() / (i + 1)
+            mean_losses = collectives.all_reduce(loss_sum.clone(), ctx.env, op="sum").cpu() / (i + 1 - start)
             reporter.step(mean_losses, int(targets.shape[0]), imgs.shape[-1], advance=i + 1 - logged)
             logged = i + 1
     reporter.epoch_end()
     seconds = time.perf_counter() - started
+    images = (steps - start) * cfg.batch_size
     # Throughput over all ranks, training only (validation excluded); bench/ reads this line.
-    LOGGER.info(
-        f"epoch {epoch}: {steps * cfg.batch_size} images in {seconds:.1f} s "
-        f"({steps * cfg.batch_size / seconds:.1f} images/s)"
-    )
+    LOGGER.info(f"epoch {epoch}: {images} images in {seconds:.1f} s ({images / seconds:.1f} images/s)")
     return mean_losses.tolist()
 
 
-def save_epoch(run: Run, epoch: int, result: ValResult) -> None:
-    """last.pt every epoch (the previous one kept as last.prev.pt), best.pt on a new best, epochN.pt by period."""
+def apply_warmup(run: Run, epoch: int, global_step: int) -> int:
+    """Set the warm-up lr and momentum for ``global_step``; returns the accumulation length in force."""
+    optim, hyp = run.optim, run.hyp
+    if global_step > run.warmup_iters:
+        return optim.accumulate
+    warmup(
+        optim.optimizer,
+        global_step,
+        run.warmup_iters,
+        epoch,
+        optim.lr_fn,
+        hyp.warmup_bias_lr,
+        hyp.momentum,
+        hyp.warmup_momentum,
+    )
+    return max(1, int(np.interp(global_step, [0, run.warmup_iters], [1, optim.accumulate]).round()))
+
+
+def network_input(run: Run, imgs: torch.Tensor, epoch: int, step: int) -> torch.Tensor:
+    """uint8 batch -> float in [0, 1] on the device, resized for --multi-scale."""
+    cfg, stride = run.cfg, run.stride
+    imgs = imgs.to(run.env.device, non_blocking=True).float() / 255
+    if cfg.multi_scale:
+        size = multi_scale_size(cfg, epoch, step, stride)
+        if size != imgs.shape[-1]:
+            scale = size / max(imgs.shape[2:])
+            new_shape = [max(round(x * scale / stride) * stride, stride) for x in imgs.shape[2:]]
+            imgs = F.interpolate(imgs, size=new_shape, mode="bilinear", align_corners=False)
+    return imgs
+
+
+def after_update(run: Run, epoch: int, step: int) -> None:
+    """Report a skipped (non-finite) update, give up after too many in a row, stop when the ranks agreed to."""
+    ctx, env = run.ctx, run.env
+    if ctx.skipped:
+        if ctx.skipped_in_a_row >= MAX_SKIPPED_UPDATES:
+            if not env.is_main:
+                raise NonFiniteLoss(f"rank {env.rank}: stopping together with rank 0 (non-finite loss)")
+            raise NonFiniteLoss(
+                f"loss is NaN/inf for {MAX_SKIPPED_UPDATES} steps in a row (last at epoch {epoch} step {step}): "
+                "lower --hyp lr0 or check your data"
+            )
+        if env.is_main:
+            LOGGER.warning(
+                f"non-finite loss or gradients at epoch {epoch} step {step}: skipped this optimiser update on "
+                f"every rank ({ctx.skipped_in_a_row} in a row)"
+            )
+    if ctx.stop_signal:
+        raise StopRequested(epoch, step + 1, ctx.stop_signal)
+
+
+def make_checkpoint(run: Run, epoch: int, fitness: float, batches_done: int = 0) -> dict:
+    """The resumable checkpoint after ``epoch`` (and ``batches_done`` batches of the next one)."""
     optim = run.optim
-    ckpt = build_checkpoint(
+    return build_checkpoint(
         model_state=run.model.state_dict(),
         ema_state=run.ema.ema.state_dict(),
         ema_updates=run.ema.updates,
@@ -261,11 +360,22 @@ def save_epoch(run: Run, epoch: int, result: ValResult) -> None:
         yaml=run.model.yaml,
         names=run.data.names,
         hyp=run.hyp.to_dict(),
-        extra={"scaler": optim.scaler.state_dict(), "fitness": result.fitness},
+        extra={"scaler": optim.scaler.state_dict(), "fitness": fitness, "batches_done": batches_done},
     )
+
+
+def save_epoch(run: Run, epoch: int, result: ValResult) -> None:
+    """last.pt every epoch (the previous one kept as last.prev.pt), best.pt on a new best, epochN.pt by period."""
+    ckpt = make_checkpoint(run, epoch, result.fitness)
     weights = run.save_dir / "weights"
     save_checkpoint(ckpt, weights / "last.pt")
     if result.fitness >= run.best_fitness:
         save_checkpoint(ckpt, weights / "best.pt", keep_previous=False)
     if run.cfg.save_period > 0 and epoch % run.cfg.save_period == 0:
         save_checkpoint(ckpt, weights / f"epoch{epoch}.pt", keep_previous=False)
+
+
+def save_interrupted(run: Run, epoch: int, batches_done: int) -> None:
+    """last.pt for a run stopped after ``batches_done`` batches of ``epoch`` (always an optimiser-step boundary)."""
+    ckpt = make_checkpoint(run, epoch - 1, run.best_fitness, batches_done)
+    save_checkpoint(ckpt, run.save_dir / "weights" / "last.pt")

@@ -1,0 +1,104 @@
+"""Fault injection for the failure, hang, NaN and interruption tests: patch one thing, then run ``yolodist train``.
+
+Started as a file (by torchrun once per rank, or by python for one process)::
+
+    fault_train.py [--fault KIND] [--rank R] [--step N] [--seconds S] [--record DIR] -- TRAIN_ARGS...
+
+Steps count ``train_step`` calls (micro-batches) from 0 over the whole run, on each rank. Kinds:
+
+    raise       rank R raises RuntimeError at step N
+    hang        rank R sleeps forever at step N (a hung rank, not a dead one)
+    nan         rank R's loss is NaN at step N only
+    nan-from    rank R's loss is NaN at every step from N on
+    empty       rank R's batches have no labels at all (every step)
+    slow        every rank sleeps S seconds after each step (time to send a signal mid-epoch)
+
+Every rank prints ``fault_train: rank R finished step N`` after each step. With ``--record DIR``
+each rank appends "step skipped" to DIR/updates-rank<R>.txt after every optimiser update.
+The production code has no hooks for any of this: the patches live here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import sys
+import time
+from pathlib import Path
+
+
+def _rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+class _NanLoss:
+    """The real loss with its sums made NaN, still in the autograd graph (as a real blow-up would be)."""
+
+    def __init__(self, loss_fn) -> None:
+        self.loss_fn = loss_fn
+
+    def __call__(self, preds, targets):
+        terms = self.loss_fn(preds, targets)
+        return terms._replace(sums=terms.sums * float("nan"))
+
+    def __getattr__(self, name):
+        return getattr(self.loss_fn, name)
+
+
+def _install(args: argparse.Namespace) -> None:
+    from yolodist.engine import trainer
+
+    original = trainer.train_step
+    rank = _rank()
+    calls = 0
+
+    @functools.wraps(original)
+    def faulty(ctx, imgs, targets, update):
+        nonlocal calls
+        step, calls = calls, calls + 1
+        hit = rank == args.rank and step == args.step
+        if hit and args.fault == "raise":
+            raise RuntimeError(f"injected failure on rank {rank} at step {step}")
+        if hit and args.fault == "hang":
+            print(f"fault_train: rank {rank} hangs at step {step}", flush=True)
+            while True:
+                time.sleep(3600)
+        if rank == args.rank and args.fault == "empty":
+            targets = targets[:0]
+        nan = rank == args.rank and (hit if args.fault == "nan" else args.fault == "nan-from" and step >= args.step)
+        loss_fn = ctx.loss_fn
+        if nan:
+            ctx.loss_fn = _NanLoss(loss_fn)
+        try:
+            items = original(ctx, imgs, targets, update)
+        finally:
+            ctx.loss_fn = loss_fn
+        if update and args.record is not None:
+            with (args.record / f"updates-rank{rank}.txt").open("a") as f:
+                f.write(f"{step} {int(ctx.skipped)}\n")
+        print(f"fault_train: rank {rank} finished step {step}", flush=True)
+        if args.fault == "slow":
+            time.sleep(args.seconds)
+        return items
+
+    trainer.train_step = faulty
+
+
+def main(argv: list[str]) -> int:
+    split = argv.index("--") if "--" in argv else len(argv)
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--fault", choices=("raise", "hang", "nan", "nan-from", "empty", "slow"), default=None)
+    parser.add_argument("--rank", type=int, default=1)
+    parser.add_argument("--step", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=0.5)
+    parser.add_argument("--record", type=Path, default=None)
+    args = parser.parse_args(argv[:split])
+    _install(args)
+    from yolodist.cli.train import main as train
+
+    return train(argv[split + 1 :])
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

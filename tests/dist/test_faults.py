@@ -1,0 +1,359 @@
+"""Failures, hangs and non-finite losses with real ranks on gloo (RELIABILITY.md F1, F2, F3, C7, C8).
+
+Faults are injected by ``fault_train.py``, which patches the trainer in the test process only.
+Every launcher writes to files (no pipe can fill up and block it) and carries a marker, so anything
+left when a test ends is found (and killed).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.dist.conftest import MARKER, ROOT, _kill_marked, _marked_pids, free_port
+from yolodist.data.sampler import ShardedBatchSampler
+from yolodist.dist import collectives
+from yolodist.dist.env import DistEnv
+from yolodist.engine import step
+from yolodist.engine.resume import SkipBatches
+from yolodist.engine.watchdog import StopSignals, describe_laggards
+
+WRAPPER = str(Path(__file__).with_name("fault_train.py"))
+TRAIN = str(ROOT / "train.py")
+
+
+def train_flags(data: Path, project: Path, name: str, *extra: str) -> list[str]:
+    """Tiny YOLOv5n training: 16 images at 64 px, total batch 4 (4 steps an epoch), one update per batch."""
+    return [
+        *("--data", str(data), "--cfg", "yolov5n.yaml", "--weights", "", "--img", "64", "--batch", "4"),
+        *("--workers", "0", "--device", "cpu", "--noplots", "--nbs", "4", "--epochs", "1"),
+        *("--project", str(project), "--name", name, *extra),
+    ]
+
+
+def torchrun_command(*args: str, nproc: int = 1, nnodes: int = 1, node_rank: int = 0, port: int) -> list[str]:
+    where = ("--nnodes", str(nnodes), "--node_rank", str(node_rank), "--nproc_per_node", str(nproc))
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        *where,
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(port),
+        *args,
+    ]
+
+
+class Job:
+    """One launcher (torchrun or python) started in its own session, its output in two files."""
+
+    def __init__(self, command: Sequence[str], logs: Path, name: str, marker: str, cwd: Path = ROOT) -> None:
+        logs.mkdir(parents=True, exist_ok=True)
+        self.out_path, self.err_path = logs / f"{name}.out", logs / f"{name}.err"
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", MARKER: marker}
+        with self.out_path.open("w") as out, self.err_path.open("w") as err:
+            self.proc = subprocess.Popen(
+                list(command), cwd=cwd, env=env, stdout=out, stderr=err, text=True, start_new_session=True
+            )
+        self.ended: float | None = None
+
+    @property
+    def output(self) -> str:
+        return self.out_path.read_text(errors="replace") + self.err_path.read_text(errors="replace")
+
+    def poll(self) -> int | None:
+        rc = self.proc.poll()
+        if rc is not None and self.ended is None:
+            self.ended = time.monotonic()
+        return rc
+
+    def wait_for_text(self, text: str, timeout: float) -> float:
+        """When ``text`` first appeared in the output (monotonic seconds); fails the test after ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while text not in self.output:
+            if time.monotonic() > deadline or (self.poll() is not None and text not in self.output):
+                pytest.fail(f"{text!r} never appeared (rc {self.proc.returncode})\n{self.output[-3000:]}")
+            time.sleep(0.1)
+        return time.monotonic()
+
+
+@contextmanager
+def launched() -> Iterator[str]:
+    """A marker for the jobs started in the block; whatever still carries it at the end is killed."""
+    marker = uuid.uuid4().hex
+    try:
+        yield marker
+    finally:
+        _kill_marked(marker)
+
+
+def finish(jobs: Sequence[Job], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while any(job.poll() is None for job in jobs):
+        if time.monotonic() > deadline:
+            tails = "\n---\n".join(job.output[-2500:] for job in jobs)
+            pytest.fail(f"launcher(s) still running after {timeout:g} s\n{tails}")
+        time.sleep(0.1)
+
+
+def no_leftovers(marker: str) -> list[int]:
+    """Processes of the job still alive a moment after every launcher has exited."""
+    deadline = time.monotonic() + 3
+    while _marked_pids(marker) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return _marked_pids(marker)
+
+
+def all_finite(path: Path) -> bool:
+    ckpt = torch.load(path, weights_only=True)
+    tensors = [*ckpt["model"].values(), *(ckpt["ema"] or {}).values()]
+    return all(torch.isfinite(t).all() for t in tensors if t.is_floating_point())
+
+
+# ---- in-process pieces -------------------------------------------------------------------------
+
+
+def test_peer_failures_are_told_from_own_errors():
+    lost = RuntimeError("[gloo/transport/tcp/pair.cc:561] Connection closed by peer [127.0.0.1]:41395")
+    waited = RuntimeError("[gloo/transport/tcp/unbound_buffer.cc:78] Timed out waiting 3000ms for recv operation")
+    assert collectives.peer_failure(lost) == "lost"
+    assert collectives.peer_failure(waited) == "timeout"
+    assert collectives.peer_failure(RuntimeError("injected failure on rank 1 at step 3")) is None
+    assert collectives.peer_failure(ValueError("connection closed by peer")) is None
+    assert collectives.peer_failure(RuntimeError("DataLoader timed out after 5 seconds")) is None
+
+
+def test_waiting_in_a_collective_is_seen_from_the_stack():
+    assert not collectives.waiting_for_peers(sys._getframe())
+    namespace = {"__name__": "torch.distributed.fake", "sys": sys}
+    exec("def here():\n    return sys._getframe()\n", namespace)
+    assert collectives.waiting_for_peers(namespace["here"]())
+
+
+def test_laggards_are_named_from_the_heartbeats():
+    # Everyone at the same step: the rank that is not waiting in a collective holds up the others.
+    notes = {0: "0 3 waiting 0", 1: "0 3 working 1"}
+    assert describe_laggards(notes, 2, me=0) == "rank 1 (node 1) is at epoch 0 step 3, outside any collective"
+    assert describe_laggards(notes, 2, me=1) == ""
+    # A rank behind the others is named even while it waits.
+    behind = describe_laggards({0: "1 0 waiting 0", 1: "0 3 waiting 0", 2: "1 0 waiting 1"}, 4, me=0)
+    assert behind.startswith("rank 1 (node 0) is at epoch 0 step 3, waiting") and "rank(s) 3 never" in behind
+
+
+def test_skip_batches_continues_the_same_epoch():
+    sampler = ShardedBatchSampler(22, 4, rank=1, world=2, seed=3)
+    sampler.set_epoch(2)
+    assert list(SkipBatches(sampler, 2)) == list(sampler)[2:]
+    assert len(SkipBatches(sampler, 2)) == len(sampler) - 2 and len(SkipBatches(sampler, 99)) == 0
+
+
+def test_stop_signals_set_a_flag_and_a_second_ctrl_c_interrupts():
+    signals = StopSignals(announce=False)
+    signals.install()
+    try:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.05)
+        assert signals.signum == signal.SIGTERM
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)
+    finally:
+        signals.restore()
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+
+
+def _toy_context(signum: int = 0) -> step.StepContext:
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    ctx = step.StepContext(model, model, None, optimizer, scaler, None, DistEnv(), 1, amp=False)
+    ctx.pending_signal = lambda: signum
+    return ctx
+
+
+def test_an_update_with_nan_gradients_is_skipped_and_counted():
+    ctx = _toy_context()
+    before = [p.detach().clone() for p in ctx.model.parameters()]
+    for p in ctx.model.parameters():
+        p.grad = torch.full_like(p, float("nan"))
+    step.apply_update(ctx)
+    assert ctx.skipped and ctx.skipped_in_a_row == 1
+    assert all(torch.equal(a, b) for a, b in zip(before, ctx.model.parameters(), strict=True))
+    assert all(p.grad is None for p in ctx.model.parameters())
+    ctx.model(torch.ones(1, 3)).sum().backward()
+    step.apply_update(ctx)
+    assert not ctx.skipped and ctx.skipped_in_a_row == 0 and ctx.stop_signal == 0
+    assert not all(torch.equal(a, b) for a, b in zip(before, ctx.model.parameters(), strict=True))
+
+
+def test_a_pending_signal_is_agreed_at_the_update():
+    ctx = _toy_context(signum=signal.SIGTERM)
+    ctx.model(torch.ones(1, 3)).sum().backward()
+    step.apply_update(ctx)
+    assert ctx.stop_signal == signal.SIGTERM and not ctx.skipped
+
+
+WATCHDOG_PROBE = textwrap.dedent(
+    """
+    import time
+    from yolodist.dist.env import DistEnv
+    from yolodist.engine.watchdog import Watchdog
+
+    dog = Watchdog(DistEnv(rank=1, node_rank=1), timeout_s=1.0)
+    dog.start()
+    dog.pet(0, 0)
+    with dog.paused():  # validation and saving may take longer than the timeout
+        time.sleep(2.0)
+    print("survived the pause", flush=True)
+    dog.pet(0, 7)
+    time.sleep(30)  # hung: the watchdog must end the process long before this
+    print("not reached", flush=True)
+    """
+)
+
+
+@pytest.mark.timeout(60)
+def test_watchdog_ends_a_hung_process_with_its_stacks(tmp_path):
+    probe = tmp_path / "probe.py"
+    probe.write_text(WATCHDOG_PROBE)
+    started = time.monotonic()
+    proc = subprocess.run([sys.executable, str(probe)], capture_output=True, text=True, timeout=45, cwd=ROOT)
+    assert proc.returncode != 0
+    assert "survived the pause" in proc.stdout and "not reached" not in proc.stdout
+    assert "rank 1 (node 1) made no progress for 1 s at epoch 0 step 7" in proc.stderr
+    assert "most recent call first" in proc.stderr and "probe.py" in proc.stderr  # the stack dump
+    assert time.monotonic() - started < 25
+
+
+# ---- real ranks ----------------------------------------------------------------------------------
+
+
+@pytest.mark.dist
+@pytest.mark.timeout(120)
+def test_f1_a_rank_that_raises_ends_the_job(tmp_path, tiny_shapes):
+    """F1: rank 1 raises at step 3; the launcher exits non-zero promptly, the error shown once, nothing left."""
+    args = [WRAPPER, "--fault", "raise", "--rank", "1", "--step", "3", "--", *train_flags(tiny_shapes, tmp_path, "f1")]
+    with launched() as marker:
+        job = Job(torchrun_command(*args, nproc=2, port=free_port()), tmp_path / "logs", "f1", marker)
+        failed_at = job.wait_for_text("injected failure on rank 1 at step 3", timeout=90)
+        finish([job], timeout=30)
+        assert no_leftovers(marker) == []
+    output = job.output
+    assert job.proc.returncode != 0
+    assert job.ended - failed_at < 15, output[-3000:]
+    assert output.count("RuntimeError: injected failure on rank 1 at step 3") == 1
+    # The other rank says why it stops in one line instead of a traceback of its own.
+    assert "rank 0 (node 0): stopping because another rank failed" in output
+    assert "Connection closed by peer" not in output, output[-3000:]
+
+
+@pytest.mark.dist
+@pytest.mark.timeout(150)
+def test_f2_a_rank_that_raises_ends_both_nodes(tmp_path, tiny_shapes):
+    """F2: the same on two launchers ("nodes") of one rank each on 127.0.0.1: both exit non-zero."""
+    port = free_port()
+    args = [WRAPPER, "--fault", "raise", "--rank", "1", "--step", "3", "--", *train_flags(tiny_shapes, tmp_path, "f2")]
+    with launched() as marker:
+        nodes = [
+            Job(torchrun_command(*args, nnodes=2, node_rank=n, port=port), tmp_path / "logs", f"node{n}", marker)
+            for n in (0, 1)
+        ]
+        failed_at = nodes[1].wait_for_text("injected failure on rank 1 at step 3", timeout=110)
+        finish(nodes, timeout=30)
+        assert no_leftovers(marker) == []
+    assert [node.proc.returncode != 0 for node in nodes] == [True, True]
+    assert max(node.ended for node in nodes) - failed_at < 20, nodes[0].output[-3000:]
+    assert "rank 0 (node 0): stopping because another rank failed" in nodes[0].output
+    assert nodes[0].output.count("Traceback") == 1  # the launcher's own; rank 0 says one line
+
+
+@pytest.mark.dist
+@pytest.mark.timeout(150)
+def test_f3_a_hung_rank_is_ended_by_its_watchdog(tmp_path, tiny_shapes):
+    """F3: rank 1 (node 1) sleeps forever at step 3; with --dist-timeout 10 both launchers exit within ~2x."""
+    port = free_port()
+    flags = train_flags(tiny_shapes, tmp_path, "f3", "--dist-timeout", "10", "--noval", "--epochs", "2")
+    args = [WRAPPER, "--fault", "hang", "--rank", "1", "--step", "3", "--", *flags]
+    with launched() as marker:
+        nodes = [
+            Job(torchrun_command(*args, nnodes=2, node_rank=n, port=port), tmp_path / "logs", f"node{n}", marker)
+            for n in (0, 1)
+        ]
+        hung_at = nodes[1].wait_for_text("rank 1 hangs at step 3", timeout=110)
+        finish(nodes, timeout=35)
+        assert no_leftovers(marker) == []
+    assert [node.proc.returncode != 0 for node in nodes] == [True, True]
+    assert max(node.ended for node in nodes) - hung_at < 25
+    stuck = nodes[1].output
+    assert "rank 1 (node 1) made no progress for 10 s at epoch 0 step 3" in stuck, stuck[-3000:]
+    assert "most recent call first" in stuck and "fault_train.py" in stuck  # the stack dump shows where
+    # Rank 0 names the laggard, whether its watchdog or its collective's timeout went first (or it
+    # saw rank 1's exit as a lost peer).
+    assert "rank 1 (node 1) is at epoch 0 step 3" in nodes[0].output or "another rank failed" in nodes[0].output
+
+
+@pytest.mark.dist
+@pytest.mark.timeout(120)
+def test_c7_a_rank_without_labels_trains_with_the_others(tmp_path, tiny_shapes):
+    """C7: rank 1's batches have no labels at all (no scale has a match there): every step completes, all finite."""
+    record = tmp_path / "record"
+    record.mkdir()
+    args = [WRAPPER, "--fault", "empty", "--rank", "1", "--record", str(record), "--"]
+    args += train_flags(tiny_shapes, tmp_path, "c7", "--noval")
+    with launched() as marker:
+        job = Job(torchrun_command(*args, nproc=2, port=free_port()), tmp_path / "logs", "c7", marker)
+        finish([job], timeout=100)
+    assert job.proc.returncode == 0, job.output[-3000:]
+    for rank in (0, 1):  # four updates on each rank, none skipped for non-finite values
+        assert (record / f"updates-rank{rank}.txt").read_text().split("\n")[:-1] == ["0 0", "1 0", "2 0", "3 0"]
+    assert all_finite(tmp_path / "c7" / "weights" / "last.pt")
+
+
+@pytest.mark.dist
+@pytest.mark.timeout(120)
+def test_c8_nan_on_one_rank_skips_the_same_update_everywhere(tmp_path, tiny_shapes):
+    """C8: rank 1's loss is NaN at step 2 only: both ranks skip that update, rank 0 warns once, training ends well."""
+    record = tmp_path / "record"
+    record.mkdir()
+    args = [WRAPPER, "--fault", "nan", "--rank", "1", "--step", "2", "--record", str(record), "--"]
+    args += train_flags(tiny_shapes, tmp_path, "c8", "--noval")
+    with launched() as marker:
+        job = Job(torchrun_command(*args, nproc=2, port=free_port()), tmp_path / "logs", "c8", marker)
+        finish([job], timeout=100)
+    assert job.proc.returncode == 0, job.output[-3000:]
+    updates = [(record / f"updates-rank{rank}.txt").read_text() for rank in (0, 1)]
+    assert updates[0] == updates[1] == "0 0\n1 0\n2 1\n3 0\n"
+    assert job.output.count("non-finite loss or gradients at epoch 0 step 2") == 1
+    assert all_finite(tmp_path / "c8" / "weights" / "last.pt")
+
+
+@pytest.mark.dist
+@pytest.mark.timeout(150)
+def test_c8_nan_that_persists_stops_cleanly_and_keeps_the_last_good_checkpoint(tmp_path, tiny_shapes):
+    """C8: NaN on rank 1 from step 5 (epoch 1) on: after 10 skipped updates the job stops with one message."""
+    args = [WRAPPER, "--fault", "nan-from", "--rank", "1", "--step", "5", "--"]
+    args += train_flags(tiny_shapes, tmp_path, "c8", "--noval", "--epochs", "4")
+    with launched() as marker:
+        job = Job(torchrun_command(*args, nproc=2, port=free_port()), tmp_path / "logs", "c8", marker)
+        finish([job], timeout=130)
+    output = job.output
+    assert job.proc.returncode != 0
+    assert "loss is NaN/inf for 10 steps in a row (last at epoch 3 step 2): lower --hyp lr0" in output, output[-3000:]
+    assert output.count("Traceback") == 1  # the launcher's own; the ranks say one line each
+    last = tmp_path / "c8" / "weights" / "last.pt"
+    assert torch.load(last, weights_only=True)["epoch"] == 0  # written before the NaN began, never after
+    assert all_finite(last)
