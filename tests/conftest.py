@@ -53,7 +53,6 @@ def tiny_checkpoint(tmp_path_factory, tiny_shapes) -> Path:
     """An untrained yolov5n checkpoint for the built-in classes, biased to detect (many boxes above 0.001)."""
     import yaml
 
-
     names = yaml.safe_load(tiny_shapes.read_text())["names"]
     names = list(names.values()) if isinstance(names, dict) else list(names)
 
