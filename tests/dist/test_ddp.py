@@ -133,6 +133,14 @@ def test_python_is_the_venv():
     assert sys.executable
 
 
+def _global_rel_diff(a: dict, b: dict) -> float:
+    """||a - b|| / ||a|| over all floating-point tensors together (the weights as one vector)."""
+    keys = [k for k in a if a[k].is_floating_point()]
+    va = torch.cat([a[k].double().flatten() for k in keys])
+    vb = torch.cat([b[k].double().flatten() for k in keys])
+    return ((va - vb).norm() / va.norm()).item()
+
+
 def _max_rel_diff(a: dict, b: dict) -> float:
     """Largest per-tensor ||a - b|| / ||a||, with a floor so near-zero tensors (fresh BN biases) do not dominate."""
     return max(
@@ -175,11 +183,15 @@ def test_world_size_invariance_with_sync_bn(tmp_path, tiny_shapes):
     assert plain.returncode == 0, plain.stderr[-3000:]
     load = lambda name: torch.load(tmp_path / "runs" / name / "weights" / "last.pt", weights_only=True)  # noqa: E731
     a, b, c = load("one"), load("two"), load("plain")
-    # float32 rounding differs between one and two processes; four steps (two in warm-up at a bias
-    # learning rate of 0.1) amplify it to about 1e-4 on the smallest tensors.
-    assert _max_rel_diff(a["model"], b["model"]) < 2.5e-4
-    assert _max_rel_diff(a["ema"], b["ema"]) < 2.5e-4
-    assert _max_rel_diff(a["model"], c["model"]) > 1e-2  # per-rank BatchNorm statistics change the result
+    # The weights as a whole agree to 1e-4 relative (measured: 9e-7). Tensor by tensor, float32
+    # rounding that differs between one and two processes, amplified by four steps (two in warm-up at a
+    # bias learning rate of 0.1), reaches about 1.1e-4 on the smallest ones (first BatchNorm biases).
+    for key in ("model", "ema"):
+        assert _global_rel_diff(a[key], b[key]) < 1e-4, key
+        assert _max_rel_diff(a[key], b[key]) < 2.5e-4, key
+    # Per-rank BatchNorm statistics change the result (measured: 4e-3 over all weights).
+    assert _global_rel_diff(a["model"], c["model"]) > 1e-3
+    assert _max_rel_diff(a["model"], c["model"]) > 1e-2
 
 
 @pytest.mark.timeout(60)
