@@ -68,6 +68,14 @@ def broadcast_object(obj: object, env: DistEnv, src: int = 0) -> object:
     return box[0]
 
 
+def broadcast_buffers(module: torch.nn.Module, env: DistEnv, src: int = 0) -> None:
+    """Copy rank ``src``'s buffers (BatchNorm running statistics, ...) of ``module`` to every rank, in place."""
+    if not env.is_distributed:
+        return
+    for buffer in module.buffers():
+        dist.broadcast(buffer.data, src=src)
+
+
 def reduce_dict(values: dict[str, torch.Tensor], env: DistEnv, average: bool = True) -> dict[str, torch.Tensor]:
     """All-reduce a dict of same-shaped tensors (usually scalars) in one collective.
 

@@ -227,6 +227,8 @@ def validate_epoch(run: Run, final_epoch: bool) -> ValResult | None:
     on_batch = visuals.batch_plotter(run.save_dir, run.data.names) if plotting else None
     settings = ValSettings(single_cls=cfg.single_cls)
     data = run.data
+    # Without --sync-bn each rank's EMA has its own BatchNorm statistics; every rank validates rank 0's.
+    collectives.broadcast_buffers(run.ema.ema, run.env)
     result = validate(
         run.ema.ema, data.val_loader, run.env, data.names, settings, loss_fn=run.ctx.loss_fn.items, on_batch=on_batch
     )
