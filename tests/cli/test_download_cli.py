@@ -53,3 +53,29 @@ def test_a_release_name_offline_is_one_clear_line(tmp_path, tiny_shapes):
     assert f"could not download {base}/yolov5s.pt (" in errors[0]
     assert f"put it at {tmp_path / 'yolov5s.pt'}" in errors[0]
     assert not list(tmp_path.glob("*yolov5s.pt*"))  # no partial or temp file left behind
+
+
+def test_val_detect_export_fetch_release_weights(tmp_path, tiny_shapes, tiny_weights):
+    """A missing release name is fetched (from a local mirror) by val.py, detect.py and export.py too."""
+    site = tiny_weights.parent
+    (site / "yolov5n.pt").write_bytes(tiny_weights.read_bytes())
+    image = next((Path(tiny_shapes).parent / "images" / "val").iterdir())
+    commands = {
+        "val.py": ["--data", str(tiny_shapes), "--img", "64", "--batch", "4", "--workers", "0", "--noplots"],
+        "detect.py": ["--source", str(image), "--img", "64", "--nosave"],
+        "export.py": ["--include", "onnx", "--img", "64"],
+    }
+    with serve(site) as url:
+        for script, extra in commands.items():
+            work = tmp_path / script
+            work.mkdir()
+            proc = run_script(
+                [str(ROOT / script), "--weights", "yolov5n.pt", "--device", "cpu", *extra,
+                 "--project", str(tmp_path / "runs")] if script != "export.py"
+                else [str(ROOT / script), "--weights", "yolov5n.pt", "--device", "cpu", *extra],
+                cwd=work,
+                env={"YOLODIST_RELEASE_URL": url},
+            )  # fmt: skip
+            assert proc.returncode == 0, script + proc.stderr[-3000:]
+            assert (work / "yolov5n.pt").read_bytes() == tiny_weights.read_bytes(), script
+    assert (tmp_path / "export.py" / "yolov5n.onnx").stat().st_size > 0

@@ -39,7 +39,7 @@ def test_export_writes_torchscript_and_onnx(tmp_path):
         (["--include", "tflite"], "--include tflite is not supported"),
         (["--half", "--device", "cpu"], "--half only compatible with GPU export"),
         (["--int8"], "--int8 quantisation is not supported"),
-        (["--weights", "missing.pt", "--device", "cpu"], "missing.pt does not exist"),
+        (["--weights", "missing.pt", "--device", "cpu"], "weights file 'missing.pt' not found"),
     ],
 )
 def test_export_user_errors_are_one_line(tmp_path, args, message):

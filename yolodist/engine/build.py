@@ -11,7 +11,6 @@ import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import numpy as np
 import torch
@@ -31,10 +30,9 @@ from yolodist.engine.checkpoint import transfer_weights
 from yolodist.engine.ema import ModelEMA
 from yolodist.engine.loss import YoloLoss, reduce_loss
 from yolodist.engine.optim import accumulate_steps, build_optimizer, lr_lambda, scaled_weight_decay, warmup_steps
-from yolodist.engine.weights import load_weights
+from yolodist.engine.weights import load_weights, resolve_weights
 from yolodist.errors import BadCheckpoint
 from yolodist.models import Model
-from yolodist.utils.download import download, release_url, url_basename
 
 LOGGER = logging.getLogger(__name__)
 
@@ -56,35 +54,6 @@ class OptimParts:
     lr_fn: object
     accumulate: int
     scaler: torch.amp.GradScaler
-
-
-def resolve_weights(weights: str) -> Path:
-    """A local weights file for ``--weights``: a path, an http(s) URL, or a known upstream release name.
-
-    A URL is fetched into the current folder under its own name (reused when already there); a missing
-    ``yolov5s.pt``-style name is fetched from the release (``$YOLODIST_RELEASE_URL`` overrides the base).
-    """
-    if urlsplit(weights).scheme.lower() in ("http", "https"):
-        path = Path(url_basename(weights) or "weights.pt")
-        if not path.is_file():
-            LOGGER.info(f"Downloading {weights} to {path.absolute()}")
-            download(weights, path)
-        return path
-    path = Path(weights)
-    if path.is_file():
-        return path
-    url = release_url(path.name)
-    if url is not None:
-        LOGGER.info(f"Downloading {url} to {path.absolute()}")
-        return download(url, path)
-    hint = ""
-    if path.suffix == ".pt" and path.parent == Path("."):
-        hint = (
-            " Pretrained files are published at https://github.com/ultralytics/yolov5/releases"
-            f" (e.g. v7.0/{path.name}):"
-            f" download it and pass its path, or train from scratch with --cfg {path.stem}.yaml --weights ''."
-        )
-    raise BadCheckpoint(f"weights file {weights!r} not found.{hint}")
 
 
 def build_model(cfg: TrainConfig, hyp: Hyp, nc: int, names: list[str], ckpt: dict | None) -> Model:

@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader, Sampler
 
 from yolodist.config.schema import TrainConfig
 from yolodist.engine.checkpoint import PickledCheckpoint, load_latest_good
-from yolodist.engine.weights import load_weights
+from yolodist.engine.weights import load_weights, resolve_weights
 from yolodist.errors import BadCheckpoint, BadFlag
 
 LOGGER = logging.getLogger(__name__)
@@ -50,8 +50,6 @@ def load_start(cfg: TrainConfig) -> tuple[dict | None, Path | None]:
         LOGGER.info(f"Resuming training from {used}")
         return ckpt, used.parent.parent
     if cfg.weights:
-        from yolodist.engine.build import resolve_weights
-
         return load_weights(resolve_weights(cfg.weights)), None
     return None, None
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import torch
 
@@ -16,8 +17,38 @@ from yolodist.engine.checkpoint import PickledCheckpoint, load_checkpoint
 from yolodist.engine.upstream import load_upstream
 from yolodist.errors import BadCheckpoint
 from yolodist.models import Model
+from yolodist.utils.download import download, release_url, url_basename
 
 LOGGER = logging.getLogger(__name__)
+
+
+def resolve_weights(weights: str) -> Path:
+    """A local weights file for ``--weights``: a path, an http(s) URL, or a known upstream release name.
+
+    A URL is fetched into the current folder under its own name (reused when already there); a missing
+    ``yolov5s.pt``-style name is fetched from the release (``$YOLODIST_RELEASE_URL`` overrides the base).
+    """
+    if urlsplit(weights).scheme.lower() in ("http", "https"):
+        path = Path(url_basename(weights) or "weights.pt")
+        if not path.is_file():
+            LOGGER.info(f"Downloading {weights} to {path.absolute()}")
+            download(weights, path)
+        return path
+    path = Path(weights)
+    if path.is_file():
+        return path
+    url = release_url(path.name)
+    if url is not None:
+        LOGGER.info(f"Downloading {url} to {path.absolute()}")
+        return download(url, path)
+    hint = ""
+    if path.suffix == ".pt" and path.parent == Path("."):
+        hint = (
+            " Pretrained files are published at https://github.com/ultralytics/yolov5/releases"
+            f" (e.g. v7.0/{path.name}):"
+            f" download it and pass its path, or train from scratch with --cfg {path.stem}.yaml --weights ''."
+        )
+    raise BadCheckpoint(f"weights file {weights!r} not found.{hint}")
 
 
 def load_weights(path: str | Path, map_location: str | torch.device = "cpu") -> dict:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from yolodist.engine.weights import load_model
+from yolodist.engine.weights import load_model, resolve_weights
 from yolodist.errors import BadFlag, UserError
 from yolodist.export.formats import SUFFIXES, parse_formats
 from yolodist.export.onnx import DEFAULT_OPSET, export_onnx, find_simplifier, require_onnx
@@ -84,7 +84,7 @@ def export(opts: ExportOptions) -> tuple[list[Path], list[str]]:
     start = time.perf_counter()
     formats = parse_formats(opts.include)
     check_options(opts, formats)
-    weights = Path(opts.weights)
+    weights = resolve_weights(str(opts.weights))  # a release name or URL is fetched, as for training
     model = load_model(weights, opts.device)
     imgsz = check_image_size(opts.imgsz, int(model.stride.max()))
     model.detect.export = True

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from yolodist.engine.weights import load_model
+from yolodist.engine.weights import load_model, resolve_weights
 from yolodist.errors import BadCheckpoint, BadFlag
 
 LOGGER = logging.getLogger(__name__)
@@ -236,10 +236,9 @@ class OnnxBackend(Backend):
 
 def load_backend(path: str | Path, device: str | torch.device = "cpu", half: bool = False) -> Backend:
     """The backend for ``path``, chosen by suffix (``.pt``, ``.torchscript``, ``.onnx``)."""
-    path = Path(path)
+    # A missing upstream release name (yolov5s.pt) or an http(s) URL is fetched, as for training.
+    path = Path(path) if Path(path).exists() else resolve_weights(str(path))
     device = torch.device(device)
-    if not path.exists():
-        raise BadCheckpoint(f"weights file {path} not found; check the path")
     suffix = path.suffix.lower()
     if suffix == ".pt":
         return TorchBackend(path, device, half)
