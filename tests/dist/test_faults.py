@@ -200,11 +200,31 @@ def test_an_update_with_nan_gradients_is_skipped_and_counted():
     assert not all(torch.equal(a, b) for a, b in zip(before, ctx.model.parameters(), strict=True))
 
 
+def _micro_batch(ctx: step.StepContext, loss_sums: torch.Tensor) -> torch.Tensor:
+    """What train_step does between forward and backward: share the counts and this rank's news."""
+    return step.share_counts(ctx, torch.ones(3, 3), step.local_news(ctx, loss_sums))
+
+
 def test_a_pending_signal_is_agreed_at_the_update():
     ctx = _toy_context(signum=signal.SIGTERM)
+    _micro_batch(ctx, torch.ones(3, 3))
     ctx.model(torch.ones(1, 3)).sum().backward()
     step.apply_update(ctx)
     assert ctx.stop_signal == signal.SIGTERM and not ctx.skipped
+    assert ctx.window_news is None  # the next window starts afresh
+
+
+def test_a_nonfinite_loss_anywhere_in_the_window_skips_the_update():
+    ctx = _toy_context()
+    before = [p.detach().clone() for p in ctx.model.parameters()]
+    sums = torch.ones(3, 3)
+    sums[1, 2] = float("inf")
+    _micro_batch(ctx, sums)  # an accumulation micro-batch with an inf loss term
+    _micro_batch(ctx, torch.ones(3, 3))  # the update's own micro-batch is finite
+    ctx.model(torch.ones(1, 3)).sum().backward()  # and so are the gradients
+    step.apply_update(ctx)
+    assert ctx.skipped and ctx.stop_signal == 0
+    assert all(torch.equal(a, b) for a, b in zip(before, ctx.model.parameters(), strict=True))
 
 
 WATCHDOG_PROBE = textwrap.dedent(

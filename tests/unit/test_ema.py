@@ -113,3 +113,43 @@ def test_double_precision_model_keeps_ema_dtype():
     ema = ModelEMA(model)
     ema.update(model.double())  # a cast model: the average keeps its own dtype
     assert ema.ema[0].weight.dtype == torch.float32
+
+
+def expected_after_update(ema: ModelEMA, model: nn.Module) -> dict[str, torch.Tensor]:
+    d = ema.decay_at(ema.updates + 1)
+    before = ema.state_dict()
+    return {
+        k: d * before[k] + (1 - d) * v.to(before[k].dtype) if v.is_floating_point() else v.clone()
+        for k, v in model.state_dict().items()
+    }
+
+
+@pytest.mark.parametrize("change", ["new_tensor", "cast", "moved_in_place"])
+def test_updates_follow_the_model_after_its_tensors_change(change):
+    # The pairing of EMA and model tensors is kept between updates; it must notice replaced tensors.
+    model = tiny()
+    ema = ModelEMA(model, decay=0.9, tau=1, updates=10)
+    ema.update(model)
+    if change == "new_tensor":
+        model[0].weight.data = torch.randn_like(model[0].weight)
+    elif change == "cast":
+        model.double()
+    else:
+        with torch.no_grad():
+            model[2].bias.add_(5.0)  # same storage: the kept pairing sees the new values
+    expected = expected_after_update(ema, model)
+    ema.update(model)
+    for key, value in ema.state_dict().items():
+        torch.testing.assert_close(value, expected[key], msg=key)
+
+
+def test_loading_a_state_then_updating_uses_the_loaded_values():
+    model = tiny()
+    ema = ModelEMA(model, decay=0.9, tau=1, updates=10)
+    ema.update(model)
+    other = {k: v + 1 if v.is_floating_point() else v for k, v in ema.state_dict().items()}
+    ema.load_state_dict(other)
+    expected = expected_after_update(ema, model)
+    ema.update(model)
+    for key, value in ema.state_dict().items():
+        torch.testing.assert_close(value, expected[key], msg=key)

@@ -1,5 +1,6 @@
 """Optimiser groups, weight-decay scaling, LR schedules and warm-up, as upstream YOLOv5."""
 
+import copy
 import itertools
 import math
 
@@ -10,6 +11,7 @@ from torch import nn
 from yolodist.engine.optim import (
     accumulate_steps,
     build_optimizer,
+    keep_implementation,
     lr_lambda,
     param_groups,
     scaled_weight_decay,
@@ -175,3 +177,53 @@ def test_warmup_without_scheduler_uses_configured_lr_and_leaves_adam_betas():
     warmup(opt, 0, 100, 0, lambda epoch: 1.0, warmup_bias_lr=0.1, momentum=0.9, warmup_momentum=0.8)
     assert [g["lr"] for g in opt.param_groups] == pytest.approx([0.1, 0.0, 0.0])
     assert all(g["betas"] == (0.9, 0.999) and "momentum" not in g for g in opt.param_groups)
+
+
+def well_posed() -> nn.Module:
+    # Every parameter gets a real gradient: a bias right before a normalisation gets ~1e-8, which Adam
+    # turns into a +-lr step whose sign is rounding noise, and the kernels could not be compared.
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 4, 3, bias=False), nn.BatchNorm2d(4), nn.SiLU(), nn.Conv2d(4, 2, 1))
+
+
+def train_a_few_steps(opt: torch.optim.Optimizer, model: nn.Module, steps: int = 3) -> None:
+    torch.manual_seed(1)
+    for _ in range(steps):
+        opt.zero_grad()
+        model(torch.randn(2, 3, 8, 8)).square().mean().backward()
+        opt.step()
+
+
+@pytest.mark.parametrize("name", ["SGD", "Adam", "AdamW"])
+def test_cpu_optimisers_use_fused_kernels_and_match_the_for_loop(name):
+    fused_model, loop_model = well_posed(), well_posed()
+    fused = build_optimizer(fused_model, name, lr=0.01, momentum=0.9, decay=5e-4)
+    assert all(g["fused"] for g in fused.param_groups)
+    loop = build_optimizer(loop_model, name, lr=0.01, momentum=0.9, decay=5e-4)
+    for group in loop.param_groups:
+        group["fused"], group["foreach"] = False, False
+    train_a_few_steps(fused, fused_model)
+    train_a_few_steps(loop, loop_model)
+    for a, b in zip(fused_model.parameters(), loop_model.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_a_for_loop_state_resumes_on_the_fused_kernels():
+    # Checkpoints written by a for-loop optimiser (older runs, upstream's) carry fused=None in their
+    # groups; loading one must not switch this run back to the slow kernels, nor change the update.
+    model = well_posed()
+    loop = build_optimizer(model, "AdamW", lr=0.01, momentum=0.9, decay=5e-4)
+    for group in loop.param_groups:
+        group["fused"] = None
+    train_a_few_steps(loop, model, steps=2)
+    resumed_model = well_posed()
+    resumed_model.load_state_dict(model.state_dict())
+    resumed = build_optimizer(resumed_model, "AdamW", lr=0.01, momentum=0.9, decay=5e-4)
+    resumed.load_state_dict(copy.deepcopy(loop.state_dict()))  # as from a file: no shared tensors
+    assert not any(g["fused"] for g in resumed.param_groups)  # what torch does on its own
+    keep_implementation(resumed)
+    assert all(g["fused"] for g in resumed.param_groups)
+    train_a_few_steps(loop, model, steps=1)
+    train_a_few_steps(resumed, resumed_model, steps=1)
+    for a, b in zip(model.parameters(), resumed_model.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)

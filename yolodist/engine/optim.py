@@ -63,13 +63,14 @@ def build_optimizer(model: nn.Module, name: str, lr: float, momentum: float, dec
     weights, norm_weights, biases = param_groups(model)
     # A list of one group dict, not a bare list, so a model without biases still gets group 0.
     first = [{"params": biases}]
+    impl = implementation(weights + norm_weights + biases)
     if name == "SGD":
         # torch refuses Nesterov without momentum; a hyp file with momentum 0 means plain SGD.
-        optimizer: Optimizer = torch.optim.SGD(first, lr=lr, momentum=momentum, nesterov=momentum > 0)
+        optimizer: Optimizer = torch.optim.SGD(first, lr=lr, momentum=momentum, nesterov=momentum > 0, **impl)
     elif name == "Adam":
-        optimizer = torch.optim.Adam(first, lr=lr, betas=(momentum, 0.999))
+        optimizer = torch.optim.Adam(first, lr=lr, betas=(momentum, 0.999), **impl)
     elif name == "AdamW":
-        optimizer = torch.optim.AdamW(first, lr=lr, betas=(momentum, 0.999), weight_decay=0.0)
+        optimizer = torch.optim.AdamW(first, lr=lr, betas=(momentum, 0.999), weight_decay=0.0, **impl)
     else:
         raise BadFlag(f"--optimizer {name!r} is not supported; choose one of {', '.join(OPTIMIZERS)}")
     optimizer.add_param_group({"params": weights, "weight_decay": decay})
@@ -79,6 +80,32 @@ def build_optimizer(model: nn.Module, name: str, lr: float, momentum: float, dec
         f"{len(norm_weights)} weight(decay=0.0), {len(weights)} weight(decay={decay}), {len(biases)} bias"
     )
     return optimizer
+
+
+def implementation(params: list[torch.Tensor]) -> dict[str, bool]:
+    """``{"fused": True}`` when every parameter is a float tensor on the CPU or a CUDA GPU, else ``{}``.
+
+    torch uses its for-loop optimisers on the CPU unless told otherwise; the fused kernels do the
+    same update several times faster (YOLOv5n on one CPU thread: AdamW 8.6 -> 1.8 ms, SGD 3.5 ->
+    1.0 ms per step). Every rank does the whole update, so under DDP this time does not shrink
+    with more ranks: it bounds the scaling.
+    """
+    fusable = all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
+    return {"fused": True} if params and fusable else {}
+
+
+def keep_implementation(optimizer: Optimizer) -> None:
+    """Undo what ``load_state_dict`` does to the kernel choice: saved groups (e.g. from a checkpoint
+    written by a for-loop optimiser) replace the current groups' ``fused``/``foreach`` flags."""
+    for group in optimizer.param_groups:
+        for key in ("fused", "foreach"):
+            group[key] = optimizer.defaults.get(key)
+        if not group["fused"]:
+            continue
+        for param in group["params"]:
+            state = optimizer.state.get(param, {})
+            if torch.is_tensor(state.get("step")):  # fused kernels read the step count on the parameter's device
+                state["step"] = state["step"].to(device=param.device, dtype=torch.float32)
 
 
 def accumulate_steps(batch_size: int, nbs: int = 64) -> int:

@@ -11,6 +11,7 @@ from torch.utils.data import DataLoader, Sampler
 
 from yolodist.config.schema import TrainConfig
 from yolodist.engine.checkpoint import PickledCheckpoint, load_latest_good
+from yolodist.engine.optim import keep_implementation
 from yolodist.engine.weights import load_weights, resolve_weights
 from yolodist.errors import BadCheckpoint, BadFlag
 
@@ -77,6 +78,7 @@ def restore_training(cfg: TrainConfig, ckpt: dict | None, optim, ema) -> tuple[i
     if ckpt is None or not cfg.resume:
         return 0, 0.0
     optim.optimizer.load_state_dict(ckpt["optimizer"])
+    keep_implementation(optim.optimizer)
     if ckpt.get("scaler"):
         optim.scaler.load_state_dict(ckpt["scaler"])
     start_epoch = int(ckpt["epoch"]) + 1
