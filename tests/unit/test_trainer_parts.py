@@ -2,7 +2,8 @@
 
 from yolodist.config.schema import Hyp, TrainConfig
 from yolodist.engine.build import freeze_layers, warmup_iterations
-from yolodist.engine.trainer import EarlyStopping, multi_scale_size
+from yolodist.engine.inputs import multi_scale_size
+from yolodist.engine.trainer import EarlyStopping
 from yolodist.models import Model
 
 

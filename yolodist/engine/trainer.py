@@ -9,28 +9,21 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from yolodist.config.io import dump_yaml
-from yolodist.config.schema import Hyp, TrainConfig
+from yolodist.config.schema import TrainConfig
 from yolodist.dist import collectives
 from yolodist.dist.env import DistEnv
-from yolodist.dist.scope import main_first
-from yolodist.engine import build, resume
-from yolodist.engine.checkpoint import build_checkpoint, save_checkpoint
-from yolodist.engine.ema import ModelEMA
+from yolodist.engine import resume
+from yolodist.engine.inputs import network_input
 from yolodist.engine.optim import warmup
-from yolodist.engine.report import MainReporter, NullReporter
-from yolodist.engine.step import MAX_SKIPPED_UPDATES, StepContext, train_step
+from yolodist.engine.run import Run, setup
+from yolodist.engine.saving import interrupted, save_epoch, skipping
+from yolodist.engine.step import MAX_SKIPPED_UPDATES, train_step
 from yolodist.engine.watchdog import Guard, StopRequested
-from yolodist.errors import DistFailure, Interrupted, NonFiniteLoss
+from yolodist.errors import DistFailure, NonFiniteLoss
 from yolodist.eval import plots, visuals
 from yolodist.eval.validator import ValResult, ValSettings, validate
-from yolodist.models import Model
-from yolodist.utils.io import atomic_write_text, cleanup_stale_tmp
 from yolodist.utils.log import colorstr
-from yolodist.utils.paths import increment_path
-from yolodist.utils.seed import rng_for, seed_everything
 
 LOGGER = logging.getLogger(__name__)
 LOG_EVERY = 10  # steps between loss synchronisations (the only host-device syncs of an epoch)
@@ -61,83 +54,6 @@ class EarlyStopping:
                 f"(best epoch {self.best_epoch}); change --patience to train longer."
             )
         return stop
-
-
-def prepare_run_dir(cfg: TrainConfig, env: DistEnv, resume_dir: Path | None) -> Path:
-    """Rank 0 picks (and creates) the run directory; every rank learns it."""
-    path = None
-    if env.is_main:
-        path = resume_dir or increment_path(Path(cfg.project) / cfg.name, exist_ok=cfg.exist_ok, mkdir=True)
-        (path / "weights").mkdir(parents=True, exist_ok=True)
-        cleanup_stale_tmp(path / "weights")
-    return build.broadcast_run_dir(path, env)
-
-
-def multi_scale_size(cfg: TrainConfig, epoch: int, step: int, stride: int) -> int:
-    """The same random size on every rank in the same step: keyed by (seed, epoch, step), not by rank."""
-    rng = rng_for(cfg.seed, epoch, 1_000_000_000 + step)
-    size = rng.uniform(cfg.imgsz * 0.5, cfg.imgsz * 1.5 + stride)
-    return max(int(size // stride * stride), stride)
-
-
-@dataclass
-class Run:
-    """Everything one training run holds, built once by :func:`setup`."""
-
-    cfg: TrainConfig
-    env: DistEnv
-    hyp: Hyp
-    save_dir: Path
-    model: Model
-    ema: ModelEMA
-    optim: build.OptimParts
-    data: build.DataParts
-    ctx: StepContext
-    reporter: MainReporter | NullReporter
-    stride: int
-    warmup_iters: int
-    start_epoch: int
-    best_fitness: float
-    start_batch: int = 0  # batches of start_epoch trained before an interruption
-
-
-def setup(cfg: TrainConfig, env: DistEnv) -> Run:
-    seed_everything(cfg.seed, cfg.deterministic)
-    # A --weights URL or release name is fetched once per node, not once per rank.
-    with main_first(env, local=True, name="weights"):
-        ckpt, resume_dir = resume.load_start(cfg)
-    if ckpt is not None and cfg.resume:
-        cfg = resume.restore_config(cfg, ckpt)
-    hyp = Hyp.from_dict(ckpt["hyp"]) if cfg.resume else build.load_hyp_for(cfg)
-    save_dir = prepare_run_dir(cfg, env, resume_dir)
-    if env.is_main:
-        atomic_write_text(save_dir / "hyp.yaml", dump_yaml(hyp.to_dict()))
-        atomic_write_text(save_dir / "opt.yaml", dump_yaml(cfg.to_dict()))
-        LOGGER.info(colorstr("hyperparameters: ") + ", ".join(f"{k}={v}" for k, v in hyp.to_dict().items()))
-    # The data pipeline needs the model's grid size, and the model the dataset's classes.
-    spec, names = build.load_spec(cfg, env)
-    model = build.build_model(cfg, hyp, len(names), names, ckpt)
-    stride = max(int(model.stride.max()), 32)
-    data = build.build_data(cfg, env, hyp, stride, spec, names)
-    if not cfg.noautoanchor and not cfg.resume:
-        build.check_anchors(model, data.train_set, hyp, cfg)
-    model.info(imgsz=cfg.imgsz)
-    build.freeze_layers(model, cfg.freeze)
-    model.to(env.device)
-    optim = build.build_optim(model, cfg, hyp, env.device)
-    ema = build.make_ema(model, ckpt if cfg.resume else None)
-    start_epoch, best_fitness = resume.restore_training(cfg, ckpt, optim, ema)
-    net = build.wrap_model(model, env, cfg)
-    loss_fn = build.LossFn(model, len(names), hyp, cfg)
-    amp = env.device.type == "cuda"
-    ctx = StepContext(net, model, loss_fn, optim.optimizer, optim.scaler, ema, env, cfg.batch_size, amp=amp)
-    reporter = MainReporter(save_dir, cfg.epochs, env.device) if env.is_main else NullReporter()
-    warmup_iters = build.warmup_iterations(cfg, hyp, len(data.train_loader))
-    run = Run(
-        cfg, env, hyp, save_dir, model, ema, optim, data, ctx, reporter, stride, warmup_iters, start_epoch, best_fitness
-    )
-    run.start_batch = resume.batches_done(cfg, ckpt)
-    return run
 
 
 def fit(cfg: TrainConfig, env: DistEnv) -> FitResult:
@@ -210,14 +126,6 @@ def run_epochs(run: Run, guard: Guard) -> tuple[int, ValResult]:
     return epoch, result
 
 
-def skipping(run: Run, epoch: int) -> bool:
-    """Whether the epoch ended inside a run of skipped (non-finite) updates: then last.pt is left as it was."""
-    skipped = run.ctx.skipped_in_a_row
-    if skipped:
-        LOGGER.warning(f"epoch {epoch}: not saving, the last {skipped} update(s) were skipped (non-finite values)")
-    return skipped > 0
-
-
 def validate_epoch(run: Run, final_epoch: bool) -> ValResult | None:
     """Validate the EMA when this epoch is validated (every epoch, or only the last with --noval)."""
     cfg = run.cfg
@@ -236,25 +144,6 @@ def validate_epoch(run: Run, final_epoch: bool) -> ValResult | None:
     if plotting:
         visuals.plot_validation(result, run.data.names, run.save_dir)
     return result
-
-
-def interrupted(run: Run, stop: StopRequested) -> Interrupted:
-    """Rank 0 writes the checkpoint to resume from; every rank returns the error it exits with (128 + signal)."""
-    env = run.env
-    path = run.save_dir / "weights" / "last.pt"
-    if env.is_main and stop.needs_save and not skipping(run, stop.epoch):
-        save_interrupted(run, stop.epoch, stop.batches_done)
-    try:
-        collectives.barrier(env)  # the others leave only once the checkpoint is written
-    except Exception as error:
-        if collectives.peer_failure(error) is None:
-            raise
-        raise DistFailure(f"rank {env.rank}: rank 0 failed while writing {path}; see its error") from error
-    where = f"epoch {stop.epoch} step {stop.batches_done}"
-    if not env.is_main:
-        return Interrupted(f"rank {env.rank}: interrupted at {where} together with rank 0", stop.signum)
-    launcher = " (under the same launcher command)" if env.is_distributed else ""
-    return Interrupted(f"Interrupted at {where}; resume with: python train.py --resume {path}{launcher}", stop.signum)
 
 
 def train_one_epoch(run: Run, epoch: int, guard: Guard | None = None, start: int = 0) -> list[float]:
@@ -277,7 +166,7 @@ def train_one_epoch(run: Run, epoch: int, guard: Guard | None = None, start: int
             name = run.save_dir / f"train_batch{i}.jpg"
             plots.safe_plot(plots.plot_images, imgs, targets, list(paths), data.names, name)
         accumulate = apply_warmup(run, epoch, i + steps * epoch)
-        imgs = network_input(run, imgs, epoch, i)
+        imgs = network_input(imgs, ctx.env.device, cfg, run.stride, epoch, i)
         # Accumulation windows end with the epoch, so an epoch-end checkpoint resumes exactly.
         update = i - last_update >= accumulate or i == steps - 1
         items = train_step(ctx, imgs, targets.to(ctx.env.device), update)
@@ -315,19 +204,6 @@ def apply_warmup(run: Run, epoch: int, global_step: int) -> int:
     return max(1, int(np.interp(global_step, [0, run.warmup_iters], [1, optim.accumulate]).round()))
 
 
-def network_input(run: Run, imgs: torch.Tensor, epoch: int, step: int) -> torch.Tensor:
-    """uint8 batch -> float in [0, 1] on the device, resized for --multi-scale."""
-    cfg, stride = run.cfg, run.stride
-    imgs = imgs.to(run.env.device, non_blocking=True).float() / 255
-    if cfg.multi_scale:
-        size = multi_scale_size(cfg, epoch, step, stride)
-        if size != imgs.shape[-1]:
-            scale = size / max(imgs.shape[2:])
-            new_shape = [max(round(x * scale / stride) * stride, stride) for x in imgs.shape[2:]]
-            imgs = F.interpolate(imgs, size=new_shape, mode="bilinear", align_corners=False)
-    return imgs
-
-
 def after_update(run: Run, epoch: int, step: int) -> None:
     """Report a skipped (non-finite) update, give up after too many in a row, stop when the ranks agreed to."""
     ctx, env = run.ctx, run.env
@@ -346,38 +222,3 @@ def after_update(run: Run, epoch: int, step: int) -> None:
             )
     if ctx.stop_signal:
         raise StopRequested(epoch, step + 1, ctx.stop_signal)
-
-
-def make_checkpoint(run: Run, epoch: int, fitness: float, batches_done: int = 0) -> dict:
-    """The resumable checkpoint after ``epoch`` (and ``batches_done`` batches of the next one)."""
-    optim = run.optim
-    return build_checkpoint(
-        model_state=run.model.state_dict(),
-        ema_state=run.ema.ema.state_dict(),
-        ema_updates=run.ema.updates,
-        optimizer_state=optim.optimizer.state_dict(),
-        epoch=epoch,
-        best_fitness=run.best_fitness,
-        opt=run.cfg.to_dict(),
-        yaml=run.model.yaml,
-        names=run.data.names,
-        hyp=run.hyp.to_dict(),
-        extra={"scaler": optim.scaler.state_dict(), "fitness": fitness, "batches_done": batches_done},
-    )
-
-
-def save_epoch(run: Run, epoch: int, result: ValResult) -> None:
-    """last.pt every epoch (the previous one kept as last.prev.pt), best.pt on a new best, epochN.pt by period."""
-    ckpt = make_checkpoint(run, epoch, result.fitness)
-    weights = run.save_dir / "weights"
-    save_checkpoint(ckpt, weights / "last.pt")
-    if result.fitness >= run.best_fitness:
-        save_checkpoint(ckpt, weights / "best.pt", keep_previous=False)
-    if run.cfg.save_period > 0 and epoch % run.cfg.save_period == 0:
-        save_checkpoint(ckpt, weights / f"epoch{epoch}.pt", keep_previous=False)
-
-
-def save_interrupted(run: Run, epoch: int, batches_done: int) -> None:
-    """last.pt for a run stopped after ``batches_done`` batches of ``epoch`` (always an optimiser-step boundary)."""
-    ckpt = make_checkpoint(run, epoch - 1, run.best_fitness, batches_done)
-    save_checkpoint(ckpt, run.save_dir / "weights" / "last.pt")

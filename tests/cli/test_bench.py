@@ -1,0 +1,20 @@
+"""The scaling benchmark runs end to end and writes what it printed (figures are not checked here)."""
+
+import json
+
+import pytest
+
+from tests.conftest import ROOT, run_script
+
+
+@pytest.mark.timeout(300)
+def test_ddp_scaling_bench_writes_its_figures(tmp_path, tiny_shapes):
+    out = tmp_path / "results" / "scaling.json"
+    args = [str(ROOT / "bench" / "ddp_scaling.py"), "--data", str(tiny_shapes), "--img", "64", "--batch", "4"]
+    proc = run_script([*args, "--epochs", "1", "--repeats", "1", "--out", str(out)], cwd=tmp_path, timeout=280)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    results = json.loads(out.read_text())["results"]
+    assert [(r["batch"], r["ranks"]) for r in results] == [(4, 1), (4, 2)]
+    assert all(r["images"] == 16 and r["images_per_s"] > 0 for r in results)  # the 16 training images, once
+    assert results[0]["efficiency"] == 1.0 and results[1]["efficiency"] > 0
+    assert "batch 4, 2 rank(s)" in proc.stdout and "scaling efficiency" in proc.stdout

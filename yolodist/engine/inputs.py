@@ -1,0 +1,30 @@
+"""The network's input for a step: the uint8 batch as floats on the device, resized for --multi-scale."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from yolodist.config.schema import TrainConfig
+from yolodist.utils.seed import rng_for
+
+
+def multi_scale_size(cfg: TrainConfig, epoch: int, step: int, stride: int) -> int:
+    """The same random size on every rank in the same step: keyed by (seed, epoch, step), not by rank."""
+    rng = rng_for(cfg.seed, epoch, 1_000_000_000 + step)
+    size = rng.uniform(cfg.imgsz * 0.5, cfg.imgsz * 1.5 + stride)
+    return max(int(size // stride * stride), stride)
+
+
+def network_input(
+    imgs: torch.Tensor, device: torch.device, cfg: TrainConfig, stride: int, epoch: int, step: int
+) -> torch.Tensor:
+    """uint8 batch -> float in [0, 1] on ``device``, resized for --multi-scale."""
+    imgs = imgs.to(device, non_blocking=True).float() / 255
+    if cfg.multi_scale:
+        size = multi_scale_size(cfg, epoch, step, stride)
+        if size != imgs.shape[-1]:
+            scale = size / max(imgs.shape[2:])
+            new_shape = [max(round(x * scale / stride) * stride, stride) for x in imgs.shape[2:]]
+            imgs = F.interpolate(imgs, size=new_shape, mode="bilinear", align_corners=False)
+    return imgs

@@ -1,0 +1,93 @@
+"""Building a training run: the run directory, model, data, optimiser and step context, in order."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from yolodist.config.io import dump_yaml
+from yolodist.config.schema import Hyp, TrainConfig
+from yolodist.dist.env import DistEnv
+from yolodist.dist.scope import main_first
+from yolodist.engine import build, resume
+from yolodist.engine.ema import ModelEMA
+from yolodist.engine.report import MainReporter, NullReporter
+from yolodist.engine.step import StepContext
+from yolodist.models import Model
+from yolodist.utils.io import atomic_write_text, cleanup_stale_tmp
+from yolodist.utils.log import colorstr
+from yolodist.utils.paths import increment_path
+from yolodist.utils.seed import seed_everything
+
+LOGGER = logging.getLogger(__name__)
+
+
+@dataclass
+class Run:
+    """Everything one training run holds, built once by :func:`setup`."""
+
+    cfg: TrainConfig
+    env: DistEnv
+    hyp: Hyp
+    save_dir: Path
+    model: Model
+    ema: ModelEMA
+    optim: build.OptimParts
+    data: build.DataParts
+    ctx: StepContext
+    reporter: MainReporter | NullReporter
+    stride: int
+    warmup_iters: int
+    start_epoch: int
+    best_fitness: float
+    start_batch: int = 0  # batches of start_epoch trained before an interruption
+
+
+def prepare_run_dir(cfg: TrainConfig, env: DistEnv, resume_dir: Path | None) -> Path:
+    """Rank 0 picks (and creates) the run directory; every rank learns it."""
+    path = None
+    if env.is_main:
+        path = resume_dir or increment_path(Path(cfg.project) / cfg.name, exist_ok=cfg.exist_ok, mkdir=True)
+        (path / "weights").mkdir(parents=True, exist_ok=True)
+        cleanup_stale_tmp(path / "weights")
+    return build.broadcast_run_dir(path, env)
+
+
+def setup(cfg: TrainConfig, env: DistEnv) -> Run:
+    seed_everything(cfg.seed, cfg.deterministic)
+    # A --weights URL or release name is fetched once per node, not once per rank.
+    with main_first(env, local=True, name="weights"):
+        ckpt, resume_dir = resume.load_start(cfg)
+    if ckpt is not None and cfg.resume:
+        cfg = resume.restore_config(cfg, ckpt)
+    hyp = Hyp.from_dict(ckpt["hyp"]) if cfg.resume else build.load_hyp_for(cfg)
+    save_dir = prepare_run_dir(cfg, env, resume_dir)
+    if env.is_main:
+        atomic_write_text(save_dir / "hyp.yaml", dump_yaml(hyp.to_dict()))
+        atomic_write_text(save_dir / "opt.yaml", dump_yaml(cfg.to_dict()))
+        LOGGER.info(colorstr("hyperparameters: ") + ", ".join(f"{k}={v}" for k, v in hyp.to_dict().items()))
+    # The data pipeline needs the model's grid size, and the model the dataset's classes.
+    spec, names = build.load_spec(cfg, env)
+    model = build.build_model(cfg, hyp, len(names), names, ckpt)
+    stride = max(int(model.stride.max()), 32)
+    data = build.build_data(cfg, env, hyp, stride, spec, names)
+    if not cfg.noautoanchor and not cfg.resume:
+        build.check_anchors(model, data.train_set, hyp, cfg)
+    model.info(imgsz=cfg.imgsz)
+    build.freeze_layers(model, cfg.freeze)
+    model.to(env.device)
+    optim = build.build_optim(model, cfg, hyp, env.device)
+    ema = build.make_ema(model, ckpt if cfg.resume else None)
+    start_epoch, best_fitness = resume.restore_training(cfg, ckpt, optim, ema)
+    net = build.wrap_model(model, env, cfg)
+    loss_fn = build.LossFn(model, len(names), hyp, cfg)
+    amp = env.device.type == "cuda"
+    ctx = StepContext(net, model, loss_fn, optim.optimizer, optim.scaler, ema, env, cfg.batch_size, amp=amp)
+    reporter = MainReporter(save_dir, cfg.epochs, env.device) if env.is_main else NullReporter()
+    warmup_iters = build.warmup_iterations(cfg, hyp, len(data.train_loader))
+    run = Run(
+        cfg, env, hyp, save_dir, model, ema, optim, data, ctx, reporter, stride, warmup_iters, start_epoch, best_fitness
+    )
+    run.start_batch = resume.batches_done(cfg, ckpt)
+    return run

@@ -1,0 +1,79 @@
+"""Checkpoints of a run: every epoch's last/best/periodic ones and the resumable one of an interruption."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from yolodist.dist import collectives
+from yolodist.engine.checkpoint import build_checkpoint, save_checkpoint
+from yolodist.engine.watchdog import StopRequested
+from yolodist.errors import DistFailure, Interrupted
+from yolodist.eval.validator import ValResult
+
+if TYPE_CHECKING:
+    from yolodist.engine.run import Run
+
+LOGGER = logging.getLogger(__name__)
+
+
+def make_checkpoint(run: Run, epoch: int, fitness: float, batches_done: int = 0) -> dict:
+    """The resumable checkpoint after ``epoch`` (and ``batches_done`` batches of the next one)."""
+    optim = run.optim
+    return build_checkpoint(
+        model_state=run.model.state_dict(),
+        ema_state=run.ema.ema.state_dict(),
+        ema_updates=run.ema.updates,
+        optimizer_state=optim.optimizer.state_dict(),
+        epoch=epoch,
+        best_fitness=run.best_fitness,
+        opt=run.cfg.to_dict(),
+        yaml=run.model.yaml,
+        names=run.data.names,
+        hyp=run.hyp.to_dict(),
+        extra={"scaler": optim.scaler.state_dict(), "fitness": fitness, "batches_done": batches_done},
+    )
+
+
+def save_epoch(run: Run, epoch: int, result: ValResult) -> None:
+    """last.pt every epoch (the previous one kept as last.prev.pt), best.pt on a new best, epochN.pt by period."""
+    ckpt = make_checkpoint(run, epoch, result.fitness)
+    weights = run.save_dir / "weights"
+    save_checkpoint(ckpt, weights / "last.pt")
+    if result.fitness >= run.best_fitness:
+        save_checkpoint(ckpt, weights / "best.pt", keep_previous=False)
+    if run.cfg.save_period > 0 and epoch % run.cfg.save_period == 0:
+        save_checkpoint(ckpt, weights / f"epoch{epoch}.pt", keep_previous=False)
+
+
+def save_interrupted(run: Run, epoch: int, batches_done: int) -> None:
+    """last.pt for a run stopped after ``batches_done`` batches of ``epoch`` (always an optimiser-step boundary)."""
+    ckpt = make_checkpoint(run, epoch - 1, run.best_fitness, batches_done)
+    save_checkpoint(ckpt, run.save_dir / "weights" / "last.pt")
+
+
+def skipping(run: Run, epoch: int) -> bool:
+    """Whether the epoch ended inside a run of skipped (non-finite) updates: then last.pt is left as it was."""
+    skipped = run.ctx.skipped_in_a_row
+    if skipped:
+        LOGGER.warning(f"epoch {epoch}: not saving, the last {skipped} update(s) were skipped (non-finite values)")
+    return skipped > 0
+
+
+def interrupted(run: Run, stop: StopRequested) -> Interrupted:
+    """Rank 0 writes the checkpoint to resume from; every rank returns the error it exits with (128 + signal)."""
+    env = run.env
+    path = run.save_dir / "weights" / "last.pt"
+    if env.is_main and stop.needs_save and not skipping(run, stop.epoch):
+        save_interrupted(run, stop.epoch, stop.batches_done)
+    try:
+        collectives.barrier(env)  # the others leave only once the checkpoint is written
+    except Exception as error:
+        if collectives.peer_failure(error) is None:
+            raise
+        raise DistFailure(f"rank {env.rank}: rank 0 failed while writing {path}; see its error") from error
+    where = f"epoch {stop.epoch} step {stop.batches_done}"
+    if not env.is_main:
+        return Interrupted(f"rank {env.rank}: interrupted at {where} together with rank 0", stop.signum)
+    launcher = " (under the same launcher command)" if env.is_distributed else ""
+    return Interrupted(f"Interrupted at {where}; resume with: python train.py --resume {path}{launcher}", stop.signum)
