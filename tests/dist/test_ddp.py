@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -151,10 +152,8 @@ def _max_rel_diff(a: dict, b: dict) -> float:
     )
 
 
-@pytest.mark.timeout(400)
-def test_world_size_invariance_with_sync_bn(tmp_path, tiny_shapes):
-    """1 process x batch 8 and 2 ranks x 4 follow the same trajectory with --sync-bn; without it they do not."""
-    common = [
+def invariance_args(tiny_shapes, tmp_path) -> list[str]:
+    return [
         str(ROOT / "train.py"),
         "--data",
         str(tiny_shapes),
@@ -176,23 +175,52 @@ def test_world_size_invariance_with_sync_bn(tmp_path, tiny_shapes):
         "--project",
         str(tmp_path / "runs"),
     ]
-    one = run_script([*common, "--name", "one"], cwd=tmp_path)
-    assert one.returncode == 0, one.stderr[-3000:]
-    two = torchrun([*common, "--name", "two", "--sync-bn"], cwd=tmp_path)
-    assert two.returncode == 0, two.stderr[-3000:]
-    plain = torchrun([*common, "--name", "plain"], cwd=tmp_path)
-    assert plain.returncode == 0, plain.stderr[-3000:]
-    load = lambda name: torch.load(tmp_path / "runs" / name / "weights" / "last.pt", weights_only=True)  # noqa: E731
-    a, b, c = load("one"), load("two"), load("plain")
+
+
+def load_last(tmp_path, name: str) -> dict:
+    return torch.load(tmp_path / "runs" / name / "weights" / "last.pt", weights_only=True)
+
+
+def assert_same_trajectory(a: dict, b: dict) -> None:
     # The weights as a whole agree to 1e-4 relative (measured: 9e-7). Tensor by tensor, float32
     # rounding that differs between one and two processes, amplified by four steps (two in warm-up at a
     # bias learning rate of 0.1), reaches about 1.1e-4 on the smallest ones (first BatchNorm biases).
     for key in ("model", "ema"):
         assert _global_rel_diff(a[key], b[key]) < 1e-4, key
         assert _max_rel_diff(a[key], b[key]) < 2.5e-4, key
+
+
+@pytest.mark.timeout(420)
+def test_world_size_invariance_with_sync_bn(tmp_path, tiny_shapes):
+    """1 process x batch 8, 2 ranks x 4 and 2 nodes x 1 rank x 4 follow the same trajectory with --sync-bn;
+    without it they do not."""
+    common = invariance_args(tiny_shapes, tmp_path)
+    one = run_script([*common, "--name", "one"], cwd=tmp_path)
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = torchrun([*common, "--name", "two", "--sync-bn"], cwd=tmp_path)
+    assert two.returncode == 0, two.stderr[-3000:]
+    plain = torchrun([*common, "--name", "plain"], cwd=tmp_path)
+    assert plain.returncode == 0, plain.stderr[-3000:]
+    nodes = two_nodes(lambda rank: [*common, "--name", "nodes", "--sync-bn"], tmp_path)
+    assert [rc for rc, _, _ in nodes] == [0, 0], nodes[0][2][-2000:] + nodes[1][2][-2000:]
+    a, b, c = load_last(tmp_path, "one"), load_last(tmp_path, "two"), load_last(tmp_path, "plain")
+    assert_same_trajectory(a, b)
+    assert_same_trajectory(a, load_last(tmp_path, "nodes"))
     # Per-rank BatchNorm statistics change the result (measured: 4e-3 over all weights).
     assert _global_rel_diff(a["model"], c["model"]) > 1e-3
     assert _max_rel_diff(a["model"], c["model"]) > 1e-2
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("cache", ["ram", "disk"])
+def test_rect_and_cache_under_ddp_keep_the_trajectory(tmp_path, tiny_shapes, cache):
+    """--rect batches (one shape per global batch) and --cache under 2 ranks: still the one-process run."""
+    common = [*invariance_args(tiny_shapes, tmp_path), "--rect", "--cache", cache]
+    one = run_script([*common, "--name", "one"], cwd=tmp_path)
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = torchrun([*common, "--name", "two", "--sync-bn"], cwd=tmp_path)
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert_same_trajectory(load_last(tmp_path, "one"), load_last(tmp_path, "two"))
 
 
 @pytest.mark.timeout(60)
@@ -288,9 +316,8 @@ def _tiny_train_args(tiny_shapes, tmp_path, name: str) -> list[str]:
     ]
 
 
-@pytest.mark.timeout(300)
-def test_two_nodes_on_loopback(tmp_path, tiny_shapes):
-    """Two launchers, --nnodes 2 --node_rank 0/1, one process each, master 127.0.0.1: output on node 0 only."""
+def two_nodes(args_for: Callable[[int], list[str]], cwd, timeout: float = 240) -> list[tuple[int, str, str]]:
+    """Two launchers, --nnodes 2 --node_rank 0/1, one process each, master 127.0.0.1: (rc, stdout, stderr) per node."""
     port = str(free_port())
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     nodes = [
@@ -309,9 +336,9 @@ def test_two_nodes_on_loopback(tmp_path, tiny_shapes):
                 "127.0.0.1",
                 "--master_port",
                 port,
-                *_tiny_train_args(tiny_shapes, tmp_path / f"node{rank}", "two_nodes"),
+                *args_for(rank),
             ],
-            cwd=tmp_path,
+            cwd=cwd,
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -319,8 +346,16 @@ def test_two_nodes_on_loopback(tmp_path, tiny_shapes):
         )
         for rank in (0, 1)
     ]
-    outputs = [node.communicate(timeout=240) for node in nodes]
-    assert [node.returncode for node in nodes] == [0, 0], outputs[0][1][-2000:] + outputs[1][1][-2000:]
+    outputs = [node.communicate(timeout=timeout) for node in nodes]
+    return [(node.returncode, *out) for node, out in zip(nodes, outputs, strict=True)]
+
+
+@pytest.mark.timeout(300)
+def test_two_nodes_on_loopback(tmp_path, tiny_shapes):
+    """Two launchers, --nnodes 2 --node_rank 0/1, one process each, master 127.0.0.1: output on node 0 only."""
+    nodes = two_nodes(lambda rank: _tiny_train_args(tiny_shapes, tmp_path / f"node{rank}", "two_nodes"), tmp_path)
+    outputs = [(out, err) for _, out, err in nodes]
+    assert [rc for rc, _, _ in nodes] == [0, 0], outputs[0][1][-2000:] + outputs[1][1][-2000:]
     assert "Starting training" in outputs[0][0] and "Starting training" not in outputs[1][0]
     assert "2 process(es) x 2 images" in outputs[0][0]
     assert (tmp_path / "node0" / "runs" / "two_nodes" / "weights" / "last.pt").is_file()
