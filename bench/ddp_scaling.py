@@ -1,15 +1,17 @@
-"""Training throughput on 1 vs N processes (CPU, gloo, one thread per process) and the scaling efficiency.
+"""Training throughput on 1 vs N processes (CPU/gloo, one thread per process; or CUDA) and the scaling efficiency.
 
-    python bench/ddp_scaling.py [--ranks 1 2] [--img 192] [--batch 16] [--epochs 2] [--workers 0] [--repeats 2]
+    python bench/ddp_scaling.py [--ranks 1 2] [--batch 16 64] [--img 192] [--epochs 2] [--workers 0]
+                                [--repeats 2] [--device cpu|cuda] [--data YAML] [--out JSON]
 
-Each configuration runs ``train.py`` on the built-in shapes data through ``torch.distributed.run``
-(one process runs without the launcher) with the same total batch, so every configuration does the
-same work. Throughput is read from the trainer's "epoch N: ... images/s" lines, skipping the first
-epoch (warm-up of workers and allocators). The configurations take turns (1, 2, 1, 2, ...) for
-``--repeats`` rounds and each is scored by its best round: a shared machine's background noise only
-ever slows a run down, and taking turns keeps a slow spell from landing on one configuration only.
-Results are printed and written to bench/results/ddp_scaling.json.
-Efficiency = throughput(N) / (N x throughput(1)).
+Each configuration runs ``train.py`` (YOLOv5n from scratch, on the built-in shapes data unless
+``--data``) through ``torch.distributed.run`` (one process runs without the launcher) with the same
+total batch, so the configurations of one batch do the same work. With ``--device cuda`` rank i
+trains on GPU i (NCCL). Throughput is read from the trainer's "epoch N: ... images/s" lines,
+skipping the first epoch (warm-up of workers and allocators). The configurations take turns
+(1, 2, 1, 2, ...) for ``--repeats`` rounds and each is scored by its best round: a shared machine's
+background noise only ever slows a run down, and taking turns keeps a slow spell from landing on
+one configuration only. Results are printed and written to bench/results/ddp_scaling.json.
+Efficiency = throughput(N) / (N x throughput(1)) at the same total batch.
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ def run(ranks: int, batch: int, args: argparse.Namespace, workdir: Path) -> dict
         "--workers",
         str(args.workers),
         "--device",
-        "cpu",
+        "cpu" if args.device == "cpu" else ",".join(str(i) for i in range(ranks)),
         "--project",
         str(workdir / "runs"),
         "--name",
@@ -104,6 +106,7 @@ def main() -> None:
     # 0: each process loads its own data in its one thread, so N processes use exactly N cores.
     parser.add_argument("--workers", type=int, default=0)
     parser.add_argument("--repeats", type=int, default=2, help="rounds; each configuration keeps its best")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="cuda: rank i on GPU i")
     parser.add_argument("--data", type=Path, default=None, help="dataset YAML (default: the built-in shapes)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "ddp_scaling.json")
     args = parser.parse_args()
