@@ -21,7 +21,7 @@ def _context() -> step.StepContext:
     torch.manual_seed(0)
     model = Model("yolov5n.yaml", nc=3).train()
     loss = YoloLoss(model.detect.anchors, 3, Hyp(), img_size=64)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, fused=True)  # as build_optimizer makes it
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
     return step.StepContext(model, model, loss, optimizer, scaler, ModelEMA(model), DistEnv(), 2, amp=True)
 
