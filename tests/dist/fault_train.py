@@ -13,6 +13,7 @@ Steps count ``train_step`` calls (micro-batches) from 0 over the whole run, on e
     empty       rank R's batches have no labels at all (every step)
     slow        every rank sleeps S seconds after each step (time to send a signal mid-epoch)
 
+Faults fire in the launcher's first round only: a round restarted by ``--max-restarts`` runs clean.
 Every rank prints ``fault_train: rank R finished step N`` after each step. With ``--record DIR``
 each rank appends "step skipped" to DIR/updates-rank<R>.txt after every optimiser update.
 The production code has no hooks for any of this: the patches live here.
@@ -52,6 +53,8 @@ def _install(args: argparse.Namespace) -> None:
     original = trainer.train_step
     rank = _rank()
     calls = 0
+    if os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") != "0":
+        return
 
     @functools.wraps(original)
     def faulty(ctx, imgs, targets, update):

@@ -282,6 +282,35 @@ def test_f1_a_rank_that_raises_ends_the_job(tmp_path, tiny_shapes):
 
 
 @pytest.mark.dist
+@pytest.mark.timeout(240)
+def test_f5_a_restarted_launch_continues_its_run_bitwise(tmp_path, tiny_shapes):
+    """F5: with --max-restarts 1, rank 1 fails in epoch 1; the restarted round resumes the same run from its
+    last.pt (epoch 0) and ends with weights bitwise equal to an uninterrupted run's."""
+    flags = lambda name: train_flags(tiny_shapes, tmp_path, name, "--epochs", "3", "--deterministic")  # noqa: E731
+    fault = [WRAPPER, "--fault", "raise", "--rank", "1", "--step", "6", "--"]
+    with launched() as marker:
+        clean = [WRAPPER, "--rank", "1", "--", *flags("ref")]  # no --fault: a clean run of the same code
+        ref = Job(torchrun_command(*clean, nproc=2, port=free_port()), tmp_path / "logs", "ref", marker)
+        finish([ref], timeout=100)
+        restarts = ["--max-restarts", "1", *fault, *flags("elastic")]
+        job = Job(torchrun_command(*restarts, nproc=2, port=free_port()), tmp_path / "logs", "elastic", marker)
+        finish([job], timeout=120)
+        assert no_leftovers(marker) == []
+    assert ref.proc.returncode == 0, ref.output[-3000:]
+    output = job.output
+    assert job.proc.returncode == 0, output[-3000:]
+    assert "injected failure on rank 1 at step 6" in output
+    assert f"restart 1: continuing this launch's run from {tmp_path / 'elastic' / 'weights' / 'last.pt'}" in output
+    assert not (tmp_path / "elastic2").exists()  # the same run directory, not a new one
+    assert not list(tmp_path.glob(".restart-*"))  # the note is gone once training finished
+    a = torch.load(tmp_path / "ref" / "weights" / "last.pt", weights_only=True)
+    b = torch.load(tmp_path / "elastic" / "weights" / "last.pt", weights_only=True)
+    assert a["epoch"] == b["epoch"] == 2
+    for key in ("model", "ema"):
+        assert all(torch.equal(a[key][k], b[key][k]) for k in a[key]), key
+
+
+@pytest.mark.dist
 @pytest.mark.timeout(150)
 def test_f2_a_rank_that_raises_ends_both_nodes(tmp_path, tiny_shapes):
     """F2: the same on two launchers ("nodes") of one rank each on 127.0.0.1: both exit non-zero."""

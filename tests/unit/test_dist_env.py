@@ -61,6 +61,15 @@ def test_restart_round_and_agent_store():
     assert (from_environ(TORCHRUN, "cpu").restart_count, from_environ(TORCHRUN, "cpu").agent_store) == (0, False)
 
 
+def test_restart_budget_and_a_job_key_that_outlives_restarts():
+    launch = {**TORCHRUN, "MASTER_ADDR": "10.0.0.1", "MASTER_PORT": "29500", "TORCHELASTIC_RUN_ID": "a/b c"}
+    first = from_environ({**launch, "TORCHELASTIC_MAX_RESTARTS": "3"}, "cpu")
+    again = from_environ({**launch, "TORCHELASTIC_MAX_RESTARTS": "3", "TORCHELASTIC_RESTART_COUNT": "1"}, "cpu")
+    assert first.max_restarts == 3 and first.job_key == again.job_key == "10.0.0.1-29500-a_b_c"  # file-name safe
+    assert from_environ({**launch, "MASTER_PORT": "29501"}, "cpu").job_key != first.job_key
+    assert from_environ(TORCHRUN, "cpu").max_restarts == 0
+
+
 def test_legacy_launch_local_rank_argument():
     env = from_environ({"RANK": "1", "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2"}, device="cpu", local_rank_arg=1)
     assert env.local_rank == 1 and env.mode == "ddp"

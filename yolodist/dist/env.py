@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shlex
 import sys
 from collections.abc import Mapping, Sequence
@@ -44,6 +45,10 @@ class DistEnv:
     # (static rendezvous): session() then keeps each round's keys apart (RELIABILITY.md finding 2).
     restart_count: int = 0
     agent_store: bool = False
+    # How many restarts the launcher allows (--max-restarts), and a name for this launch that stays
+    # the same across its restarts (the master's address and port, and the rendezvous id).
+    max_restarts: int = 0
+    job_key: str = ""
 
     @property
     def is_main(self) -> bool:
@@ -115,7 +120,16 @@ def _ddp_env(environ: Mapping[str, str], devices: list[torch.device], local_rank
         devices=(chosen,),
         restart_count=_int_var(environ, "TORCHELASTIC_RESTART_COUNT", 0),
         agent_store=environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True",
+        max_restarts=_int_var(environ, "TORCHELASTIC_MAX_RESTARTS", 0),
+        job_key=_job_key(environ),
     )
+
+
+def _job_key(environ: Mapping[str, str]) -> str:
+    """A file-name-safe name of this launch, equal in every restart round: no two live launches share
+    a master address and port, and a restart keeps both."""
+    parts = (environ.get(k, "") for k in ("MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID"))
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", "-".join(parts))
 
 
 def from_environ(

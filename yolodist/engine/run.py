@@ -10,7 +10,7 @@ from yolodist.config.io import dump_yaml
 from yolodist.config.schema import Hyp, TrainConfig
 from yolodist.dist.env import DistEnv
 from yolodist.dist.scope import main_first
-from yolodist.engine import build, resume
+from yolodist.engine import build, restarts, resume
 from yolodist.engine.ema import ModelEMA
 from yolodist.engine.report import MainReporter, NullReporter
 from yolodist.engine.step import StepContext
@@ -56,6 +56,7 @@ def prepare_run_dir(cfg: TrainConfig, env: DistEnv, resume_dir: Path | None) -> 
 
 def setup(cfg: TrainConfig, env: DistEnv) -> Run:
     seed_everything(cfg.seed, cfg.deterministic)
+    cfg = restarts.continue_after_restart(cfg, env)
     # A --weights URL or release name is fetched once per node, not once per rank.
     with main_first(env, local=True, name="weights"):
         ckpt, resume_dir = resume.load_start(cfg)
@@ -63,6 +64,7 @@ def setup(cfg: TrainConfig, env: DistEnv) -> Run:
         cfg = resume.restore_config(cfg, ckpt)
     hyp = Hyp.from_dict(ckpt["hyp"]) if cfg.resume else build.load_hyp_for(cfg)
     save_dir = prepare_run_dir(cfg, env, resume_dir)
+    restarts.remember_run(cfg, env, save_dir)
     if env.is_main:
         atomic_write_text(save_dir / "hyp.yaml", dump_yaml(hyp.to_dict()))
         atomic_write_text(save_dir / "opt.yaml", dump_yaml(cfg.to_dict()))

@@ -13,7 +13,7 @@ import torch
 from yolodist.config.schema import TrainConfig
 from yolodist.dist import collectives
 from yolodist.dist.env import DistEnv
-from yolodist.engine import resume
+from yolodist.engine import restarts, resume
 from yolodist.engine.inputs import network_input
 from yolodist.engine.optim import warmup
 from yolodist.engine.run import Run, setup
@@ -73,6 +73,7 @@ def fit(cfg: TrainConfig, env: DistEnv) -> FitResult:
     with Guard(env, cfg.dist_timeout) as guard:
         run.ctx.pending_signal = guard.pending_signal
         epoch, result = guarded_epochs(run, guard)
+    restarts.forget_run(cfg, env)
     if plotting and (run.save_dir / "results.csv").is_file():
         plots.safe_plot(plots.plot_results, run.save_dir / "results.csv")
     if env.is_main:
