@@ -54,6 +54,10 @@ SYNCBN_PROBE = textwrap.dedent(
             got, want = ddp.module.state_dict(), ref.state_dict()
             diff = {k: (got[k].double() - want[k].double()).abs().max().item() for k in want}
             json.dump({"diff": diff, "keys": list(got) == list(want)}, open(sys.argv[1], "w"))
+        # DDP holds the process group: free it, with every rank done, before session() destroys the
+        # group. Left to interpreter exit, gloo's threads were once torn down mid-use (SIGABRT).
+        dist.barrier()
+        del ddp
     """
 )
 
