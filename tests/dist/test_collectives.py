@@ -116,6 +116,26 @@ RESTART_PROBE = textwrap.dedent(
     """
 )
 
+TEARDOWN_PROBE = textwrap.dedent(
+    """
+    import gc, json, sys, weakref
+    from pathlib import Path
+    import torch.distributed as dist
+    from yolodist.dist import collectives as C
+    from yolodist.dist.env import detect
+    from yolodist.dist.session import session
+
+    OUT = Path(sys.argv[1])
+    env = detect("cpu")
+    late = "torch._dynamo" not in sys.modules  # else the import below would prove nothing
+    with session(env, timeout_s=30):
+        group = weakref.ref(dist.group.WORLD)
+        import torchvision  # noqa: F401  (imports torch._dynamo, as the data and model code do)
+        C.all_gather_object(env.rank, env)
+    gc.collect()
+    (OUT / f"teardown{env.rank}.json").write_text(json.dumps({"late": late, "freed": group() is None}))
+    """
+)
 
 @pytest.mark.timeout(120)
 def test_l1_env_contract_collectives_and_main_first(tmp_path, torchrun):
@@ -152,3 +172,15 @@ def test_static_rendezvous_restart_keeps_keys_per_attempt(tmp_path, torchrun):
     # Without the per-attempt prefix, attempt 1 would see attempt 0's keys (stale gloo addresses,
     # and main_first keys already marked done).
     assert rec == {"restart": 1, "agent_store": True, "total": 2.0, "fresh": True}
+
+
+@pytest.mark.timeout(120)
+def test_session_frees_the_group_when_torchvision_is_imported_inside(tmp_path, torchrun):
+    # A group still alive at interpreter exit takes its gloo threads down during finalisation, which
+    # sometimes aborts a rank after its work is done ("terminate called without an active exception").
+    script = tmp_path / "teardown.py"
+    script.write_text(TEARDOWN_PROBE)
+    proc = torchrun([str(script), str(tmp_path)], timeout=90)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    for rank in range(2):
+        assert json.loads((tmp_path / f"teardown{rank}.json").read_text()) == {"late": True, "freed": True}

@@ -56,6 +56,12 @@ def _user_error(error: Exception, env: DistEnv, timeout_s: float) -> UserError |
 
 
 def _init(env: DistEnv, timeout_s: float) -> None:
+    # Imported after the group exists, torch._dynamo (torchvision imports it) holds references to the
+    # default group that destroy_process_group cannot drop; the group then outlives session() and its
+    # gloo threads are torn down during interpreter finalisation, which sometimes aborts the rank
+    # ("terminate called without an active exception"). Imported before, it holds none.
+    import torch._dynamo  # noqa: F401
+
     timeout = datetime.timedelta(seconds=timeout_s)
     if env.device.type == "cuda":
         torch.cuda.set_device(env.device)
