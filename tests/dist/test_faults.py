@@ -281,33 +281,55 @@ def test_f1_a_rank_that_raises_ends_the_job(tmp_path, tiny_shapes):
     assert "Connection closed by peer" not in output, output[-3000:]
 
 
+def restart_flags(data: Path, project: Path, name: str) -> list[str]:
+    return train_flags(data, project, name, "--epochs", "3", "--deterministic")
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, tiny_shapes) -> dict:
+    """last.pt of a clean 3-epoch run on 2 ranks, through the same fault wrapper (the same code path)."""
+    root = tmp_path_factory.mktemp("uninterrupted")
+    clean = [WRAPPER, "--rank", "1", "--", *restart_flags(tiny_shapes, root, "ref")]
+    with launched() as marker:
+        ref = Job(torchrun_command(*clean, nproc=2, port=free_port()), root / "logs", "ref", marker)
+        finish([ref], timeout=100)
+    assert ref.proc.returncode == 0, ref.output[-3000:]
+    return torch.load(root / "ref" / "weights" / "last.pt", weights_only=True)
+
+
 @pytest.mark.dist
 @pytest.mark.timeout(240)
-def test_f5_a_restarted_launch_continues_its_run_bitwise(tmp_path, tiny_shapes):
-    """F5: with --max-restarts 1, rank 1 fails in epoch 1; the restarted round resumes the same run from its
-    last.pt (epoch 0) and ends with weights bitwise equal to an uninterrupted run's."""
-    flags = lambda name: train_flags(tiny_shapes, tmp_path, name, "--epochs", "3", "--deterministic")  # noqa: E731
+@pytest.mark.parametrize("nodes", [1, 2], ids=["F5-1node", "F6-2nodes"])
+def test_f5_f6_a_restarted_launch_continues_its_run_bitwise(tmp_path, tiny_shapes, uninterrupted, nodes):
+    """F5 (2 ranks on one launcher) and F6 (two launchers of one rank each on 127.0.0.1): with --max-restarts 1,
+    rank 1 fails in epoch 1; the restarted round resumes the same run from its last.pt (epoch 0) and ends with
+    weights bitwise equal to an uninterrupted run's."""
     fault = [WRAPPER, "--fault", "raise", "--rank", "1", "--step", "6", "--"]
+    restarts = ["--max-restarts", "1", *fault, *restart_flags(tiny_shapes, tmp_path, "elastic")]
+    port = free_port()
     with launched() as marker:
-        clean = [WRAPPER, "--rank", "1", "--", *flags("ref")]  # no --fault: a clean run of the same code
-        ref = Job(torchrun_command(*clean, nproc=2, port=free_port()), tmp_path / "logs", "ref", marker)
-        finish([ref], timeout=100)
-        restarts = ["--max-restarts", "1", *fault, *flags("elastic")]
-        job = Job(torchrun_command(*restarts, nproc=2, port=free_port()), tmp_path / "logs", "elastic", marker)
-        finish([job], timeout=120)
+        jobs = [
+            Job(
+                torchrun_command(*restarts, nproc=2 // nodes, nnodes=nodes, node_rank=n, port=port),
+                tmp_path / "logs",
+                f"node{n}",
+                marker,
+            )
+            for n in range(nodes)
+        ]
+        finish(jobs, timeout=150)
         assert no_leftovers(marker) == []
-    assert ref.proc.returncode == 0, ref.output[-3000:]
-    output = job.output
-    assert job.proc.returncode == 0, output[-3000:]
+    for job in jobs:
+        assert job.proc.returncode == 0, job.output[-3000:]
+    output = "".join(job.output for job in jobs)
     assert "injected failure on rank 1 at step 6" in output
     assert f"restart 1: continuing this launch's run from {tmp_path / 'elastic' / 'weights' / 'last.pt'}" in output
     assert not (tmp_path / "elastic2").exists()  # the same run directory, not a new one
     assert not list(tmp_path.glob(".restart-*"))  # the note is gone once training finished
-    a = torch.load(tmp_path / "ref" / "weights" / "last.pt", weights_only=True)
-    b = torch.load(tmp_path / "elastic" / "weights" / "last.pt", weights_only=True)
-    assert a["epoch"] == b["epoch"] == 2
+    resumed = torch.load(tmp_path / "elastic" / "weights" / "last.pt", weights_only=True)
+    assert uninterrupted["epoch"] == resumed["epoch"] == 2
     for key in ("model", "ema"):
-        assert all(torch.equal(a[key][k], b[key][k]) for k in a[key]), key
+        assert all(torch.equal(uninterrupted[key][k], resumed[key][k]) for k in uninterrupted[key]), key
 
 
 @pytest.mark.dist
