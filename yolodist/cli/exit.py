@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import logging
 import sys
+import traceback
 from collections.abc import Callable
 
 from yolodist.errors import Interrupted, UserError
 
 EXIT_INTERRUPTED = 130
+EXIT_BUG = 1  # what the interpreter returns for an uncaught exception
 
 
 def run_command(command: str, body: Callable[[], int | None]) -> int:
@@ -25,13 +27,9 @@ def run_command(command: str, body: Callable[[], int | None]) -> int:
     except KeyboardInterrupt:
         print(f"yolodist {command}: interrupted", file=sys.stderr, flush=True)
         return EXIT_INTERRUPTED
-
-
-def not_yet(command: str, what: str) -> Callable[[list[str] | None], int]:
-    """A command whose implementation has not landed: exit non-zero with one clear sentence."""
-
-    def main(argv: list[str] | None = None) -> int:
-        print(f"yolodist {command}: {what} is not available in this version yet.", file=sys.stderr)
-        return 2
-
-    return main
+    except Exception:
+        # Printed here, not by the interpreter, which would keep the traceback, and with it every frame's
+        # objects (a DDP model holds the process group), until interpreter finalisation, where tearing down
+        # gloo's threads can abort the process.
+        traceback.print_exc()
+        return EXIT_BUG
