@@ -371,9 +371,9 @@ def test_f7_elastic_scale_down_continues_on_one_node_on_the_same_trajectory(tmp_
         # Node A starts first and hosts the rendezvous store (the first launcher to bind the endpoint does);
         # node B, which will be stopped, only connects to it. A long last call on the first rendezvous lets
         # both join before it closes; the restarted round waits as long for a node that will not come back.
-        nodes = [Job(elastic_node(*slow, port=port, last_call_s=8), tmp_path / "logs", "A", marker)]
+        nodes = [Job(elastic_node(*slow, port=port, last_call_s=15), tmp_path / "logs", "A", marker)]
         wait_listening(port, timeout=60)
-        nodes.append(Job(elastic_node(*slow, port=port, last_call_s=8), tmp_path / "logs", "B", marker))
+        nodes.append(Job(elastic_node(*slow, port=port, last_call_s=15), tmp_path / "logs", "B", marker))
         nodes[0].wait_for_text("finished step 4", timeout=120)  # the first step of epoch 1 (4 steps an epoch)
         nodes[1].proc.send_signal(signal.SIGTERM)
         finish(nodes, timeout=150)
@@ -385,6 +385,7 @@ def test_f7_elastic_scale_down_continues_on_one_node_on_the_same_trajectory(tmp_
     last = tmp_path / "elastic" / "weights" / "last.pt"
     assert "Interrupted at epoch 1 step" in a.output + b.output, a.output[-3000:]
     assert f"restart 1: continuing this launch's run from {last}" in a.output, a.output[-3000:]
+    assert "2 process(es) x 2 images" in a.output + b.output  # the first round: both nodes
     assert "1 process(es) x 4 images" in a.output  # the total batch, now on one rank
     assert not (tmp_path / "elastic2").exists()
     reference = torch.load(tmp_path / "ref" / "weights" / "last.pt", weights_only=True)
