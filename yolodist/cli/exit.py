@@ -14,7 +14,11 @@ EXIT_BUG = 1  # what the interpreter returns for an uncaught exception
 
 
 def run_command(command: str, body: Callable[[], int | None]) -> int:
-    """Run ``body``; a ``UserError`` becomes one actionable line on stderr instead of a traceback."""
+    """Run ``body`` and return its exit code.
+
+    A ``UserError`` becomes one actionable line on stderr instead of a traceback; any other exception
+    (a bug) keeps its traceback and exits 1, as an uncaught one would.
+    """
     try:
         return int(body() or 0)
     except Interrupted as e:  # not a mistake: the message says how to resume
