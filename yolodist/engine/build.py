@@ -28,7 +28,7 @@ from yolodist.dist.scope import main_first
 from yolodist.engine import autoanchor
 from yolodist.engine.checkpoint import transfer_weights
 from yolodist.engine.ema import ModelEMA
-from yolodist.engine.loss import YoloLoss, reduce_loss
+from yolodist.engine.loss import LossTerms, YoloLoss, reduce_loss
 from yolodist.engine.optim import accumulate_steps, build_optimizer, lr_lambda, scaled_weight_decay, warmup_steps
 from yolodist.engine.weights import load_weights, resolve_weights
 from yolodist.errors import BadCheckpoint
@@ -181,14 +181,14 @@ class LossFn:
         hyp = hyp.replace(label_smoothing=cfg.label_smoothing) if cfg.label_smoothing else hyp
         self.loss = YoloLoss(model.detect.anchors, nc, hyp, img_size=cfg.imgsz)
 
-    def __call__(self, preds, targets):
+    def __call__(self, preds: list[torch.Tensor], targets: torch.Tensor) -> LossTerms:
         return self.loss(preds, targets)
 
     @property
     def weights(self) -> torch.Tensor:
         return self.loss.weights
 
-    def items(self, preds, targets) -> torch.Tensor:
+    def items(self, preds: list[torch.Tensor], targets: torch.Tensor) -> torch.Tensor:
         """Per-component (box, obj, cls) loss of one batch, normalised by its own counts."""
         terms = self.loss(preds, targets)
         return reduce_loss(terms, terms.counts, self.loss.weights, batch_size=1)[1]

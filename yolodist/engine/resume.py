@@ -6,6 +6,7 @@ import itertools
 import logging
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from torch.utils.data import DataLoader, Sampler
 
@@ -14,6 +15,9 @@ from yolodist.engine.checkpoint import PickledCheckpoint, load_latest_good
 from yolodist.engine.optim import keep_implementation
 from yolodist.engine.weights import load_weights, resolve_weights
 from yolodist.errors import BadCheckpoint, BadFlag
+
+if TYPE_CHECKING:
+    from yolodist.engine.build import OptimParts
 
 LOGGER = logging.getLogger(__name__)
 
@@ -73,7 +77,7 @@ def restore_config(cfg: TrainConfig, ckpt: dict) -> TrainConfig:
     return restored
 
 
-def restore_training(cfg: TrainConfig, ckpt: dict | None, optim, ema) -> tuple[int, float]:
+def restore_training(cfg: TrainConfig, ckpt: dict | None, optim: OptimParts) -> tuple[int, float]:
     """Optimiser, scheduler and counters for a resumed run; (0, 0.0) for a new one."""
     if ckpt is None or not cfg.resume:
         return 0, 0.0

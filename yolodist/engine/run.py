@@ -81,7 +81,7 @@ def setup(cfg: TrainConfig, env: DistEnv) -> Run:
     model.to(env.device)
     optim = build.build_optim(model, cfg, hyp, env.device)
     ema = build.make_ema(model, ckpt if cfg.resume else None)
-    start_epoch, best_fitness = resume.restore_training(cfg, ckpt, optim, ema)
+    start_epoch, best_fitness = resume.restore_training(cfg, ckpt, optim)
     net = build.wrap_model(model, env, cfg)
     loss_fn = build.LossFn(model, len(names), hyp, cfg)
     amp = env.device.type == "cuda"

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -67,7 +67,9 @@ class ValSettings:
     half: bool = False
 
 
-def _image_record(pred: torch.Tensor, labels: torch.Tensor, img_shape, shape_info) -> ImageRecord:
+def _image_record(
+    pred: torch.Tensor, labels: torch.Tensor, img_shape: tuple[int, int], shape_info: tuple
+) -> ImageRecord:
     """Predictions and labels of one image in its original pixels, with the true-positive flags.
 
     ``pred`` is [n, 6] in network-input pixels; ``labels`` [m, 5] (cls, cx, cy, w, h) normalised to
@@ -84,7 +86,9 @@ def _image_record(pred: torch.Tensor, labels: torch.Tensor, img_shape, shape_inf
     return ImageRecord((int(h0), int(w0)), pred_native, native_labels, correct)
 
 
-def _forward(model, imgs: torch.Tensor, want_raw: bool) -> tuple[torch.Tensor, list | None]:
+def _forward(
+    model: Callable[[torch.Tensor], object], imgs: torch.Tensor, want_raw: bool
+) -> tuple[torch.Tensor, list | None]:
     """(decoded, raw maps or None): a module returns both in eval mode, a backend only decoded."""
     out = model(imgs)
     if isinstance(out, tuple):
@@ -94,12 +98,12 @@ def _forward(model, imgs: torch.Tensor, want_raw: bool) -> tuple[torch.Tensor, l
 
 @torch.no_grad()
 def validate(
-    model,
-    loader,
+    model: Callable[[torch.Tensor], object],
+    loader: Iterable,
     env: DistEnv,
     names: list[str],
     settings: ValSettings = ValSettings(),
-    loss_fn=None,
+    loss_fn: Callable[[list[torch.Tensor], torch.Tensor], torch.Tensor] | None = None,
     on_batch: Callable[[int, torch.Tensor, torch.Tensor, list[str], list[torch.Tensor]], None] | None = None,
     device: torch.device | None = None,
 ) -> ValResult:
