@@ -18,3 +18,21 @@ def test_ddp_scaling_bench_writes_its_figures(tmp_path, tiny_shapes):
     assert all(r["images"] == 16 and r["images_per_s"] > 0 for r in results)  # the 16 training images, once
     assert results[0]["efficiency"] == 1.0 and results[1]["efficiency"] > 0
     assert "batch 4, 2 rank(s)" in proc.stdout and "scaling efficiency" in proc.stdout
+
+
+@pytest.mark.timeout(300)
+def test_accuracy_bench_trains_scores_and_reuses_runs(tmp_path):
+    """The smoke setting with our trainer only (upstream's venv is too big for the test suite)."""
+    out = tmp_path / "accuracy.json"
+    args = [str(ROOT / "bench" / "accuracy.py"), "--settings", "smoke", "--seeds", "0", "--trainers", "yolodist"]
+    args += ["--work", str(tmp_path / "work"), "--out", str(out)]
+    proc = run_script(args, cwd=tmp_path, timeout=280)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    (row,) = json.loads(out.read_text())["results"]
+    assert (row["setting"], row["seed"], row["trainer"]) == ("smoke", 0, "yolodist")
+    assert len(row["curves"]["map50"]) == 1  # one epoch
+    assert 0 <= row["val_py"]["map50"] <= 1 and 0 <= row["val_py"]["map"] <= row["val_py"]["map50"]
+    assert "training yolodist" in proc.stdout and "smoke mean  yolodist" in proc.stdout
+    # A finished run is reused: the second call trains nothing.
+    again = run_script(args, cwd=tmp_path, timeout=280)
+    assert again.returncode == 0 and "training yolodist" not in again.stdout

@@ -11,6 +11,8 @@ from torch import nn
 # Upstream's prior: about 8 objects in a 640x640 image, and a 0.6 chance spread over the classes.
 _OBJECTS_PER_640_IMAGE = 8
 _CLASS_PRIOR = 0.6
+# Upstream 7.0 divides by nc - 0.99999 (earlier releases: nc - 0.99); so one seed gives one init in both.
+_CLASS_PRIOR_OFFSET = 0.99999
 
 
 class Detect(nn.Module):
@@ -95,7 +97,7 @@ class Detect(nn.Module):
         """Add upstream's priors to the output biases (objectness and class); ``cf`` is ``[nc]`` class counts.
 
         Objectness gets ``log(8 / (640 / s)**2)``: 8 objects per 640 image spread over the cells of a
-        level with stride ``s``. Classes get ``log(0.6 / (nc - 0.99))``, or ``log(cf / cf.sum())``.
+        level with stride ``s``. Classes get ``log(0.6 / (nc - 0.99999))``, or ``log(cf / cf.sum())``.
         """
         if cf is not None and cf.shape != (self.nc,):
             raise ValueError(f"class frequencies must have shape ({self.nc},), got {tuple(cf.shape)}")
@@ -103,6 +105,6 @@ class Detect(nn.Module):
             bias = conv.bias.view(self.na, -1)  # [na, no], a view so edits land in the parameter
             bias[:, 4] += math.log(_OBJECTS_PER_640_IMAGE / (640 / s) ** 2)
             if cf is None:
-                bias[:, 5 : 5 + self.nc] += math.log(_CLASS_PRIOR / (self.nc - 0.99))
+                bias[:, 5 : 5 + self.nc] += math.log(_CLASS_PRIOR / (self.nc - _CLASS_PRIOR_OFFSET))
             else:
                 bias[:, 5 : 5 + self.nc] += torch.log(cf / cf.sum()).to(bias)
