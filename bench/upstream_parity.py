@@ -10,7 +10,17 @@ Run it with the Python of the environment ``bench/accuracy.py`` creates (it hold
 2. **Loss and gradients**: upstream's weights copied into our model, one augmented batch through
    both models and both losses (upstream's ``ComputeLoss`` with its scaled gains, ours as the trainer
    builds it); the loss items and the largest relative gradient difference over all tensors.
-3. **Augmentation statistics**: ``--samples`` training samples of each pipeline (mosaic, perspective,
+3. **Optimiser updates in lockstep**: both trainers start from upstream's initial weights and take
+   the same ``--batches`` fixed augmented batches per epoch for ``--epochs`` epochs: ours through its
+   own ``train_one_epoch`` (warm-up, accumulation, clipping, fused SGD, EMA, LR schedule), upstream's
+   through its optimiser, EMA and loss classes driven by the update rules of its ``train.py`` (linear
+   warm-up of lr and momentum over max(3 epochs, 100) batches, an update once ``accumulate`` batches
+   have passed since the last one, gradients zeroed at every epoch start, clip at norm 10). Reported:
+   the relative L2 distance between the two trainers' weights and EMAs, and, as the yardstick, the
+   same distance between two upstream runs whose initial weights differ by 1e-6 relative noise
+   (early training amplifies float32 rounding; a difference in the recipe shows as a distance well
+   above the yardstick's).
+4. **Augmentation statistics**: ``--samples`` training samples of each pipeline (mosaic, perspective,
    HSV, flips at hyp.scratch-low): labels per image, empty images, share of boxes under 0.25 % of the
    image, mean and median box area, mean pixel value.
 
@@ -100,6 +110,110 @@ def loss_parity(dataset, nc: int, img: int, seed: int) -> dict:
     }
 
 
+def flat(model: torch.nn.Module) -> torch.Tensor:
+    return torch.cat([v.flatten().double() for v in model.state_dict().values() if v.is_floating_point()])
+
+
+def distance(a: torch.nn.Module, b: torch.nn.Module) -> float:
+    fa, fb = flat(a), flat(b)
+    return ((fa - fb).norm() / fb.norm()).item()
+
+
+def upstream_updates(model, batches: list[list], hyp: dict, img: int, epochs_total: int):
+    """Upstream 7.0's update rules over fixed batches, with its own optimiser, EMA and loss classes."""
+    from yolov5.utils.loss import ComputeLoss
+    from yolov5.utils.torch_utils import ModelEMA, smart_optimizer
+
+    nominal, batch = 64, len(batches[0][0][0])
+    accumulate = max(round(nominal / batch), 1)
+    hyp = dict(hyp, weight_decay=hyp["weight_decay"] * batch * accumulate / nominal)
+    optimizer = smart_optimizer(model, "SGD", hyp["lr0"], hyp["momentum"], hyp["weight_decay"])
+    factor = lambda e: (1 - e / epochs_total) * (1.0 - hyp["lrf"]) + hyp["lrf"]  # noqa: E731 (linear schedule)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda=factor)
+    ema = ModelEMA(model)
+    nl, nc = 3, model.yaml["nc"]
+    model.nc = nc
+    model.hyp = dict(hyp, box=hyp["box"] * 3 / nl, cls=hyp["cls"] * nc / 80 * 3 / nl)
+    model.hyp["obj"] = hyp["obj"] * (img / 640) ** 2 * 3 / nl
+    loss_fn = ComputeLoss(model)
+    per_epoch = len(batches[0])
+    warmup = max(round(hyp["warmup_epochs"] * per_epoch), 100)
+    last = -1
+    for epoch, epoch_batches in enumerate(batches):
+        model.train()
+        optimizer.zero_grad()
+        for i, (imgs, targets, _, _) in enumerate(epoch_batches):
+            n = i + per_epoch * epoch
+            if n <= warmup:
+                accumulate = max(1, np.interp(n, [0, warmup], [1, nominal / batch]).round())
+                for j, group in enumerate(optimizer.param_groups):
+                    start = hyp["warmup_bias_lr"] if j == 0 else 0.0
+                    group["lr"] = np.interp(n, [0, warmup], [start, group["initial_lr"] * factor(epoch)])
+                    group["momentum"] = np.interp(n, [0, warmup], [hyp["warmup_momentum"], hyp["momentum"]])
+            loss, _ = loss_fn(model(imgs.float() / 255), targets)
+            loss.backward()
+            if n - last >= accumulate:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=10.0)
+                optimizer.step()
+                optimizer.zero_grad()
+                ema.update(model)
+                last = n
+        scheduler.step()
+    return model, ema
+
+
+def our_updates(yaml_file: Path, state: dict, batches: list[list], img: int, epochs_total: int, work: Path):
+    """Our own trainer (``setup`` + ``train_one_epoch``) over the same fixed batches."""
+    from yolodist.config.schema import TrainConfig
+    from yolodist.dist.env import detect
+    from yolodist.engine.run import setup
+    from yolodist.engine.trainer import train_one_epoch
+
+    cfg = TrainConfig(
+        data=str(yaml_file), cfg="yolov5n.yaml", weights="", imgsz=img, batch_size=len(batches[0][0][0]),
+        epochs=epochs_total, workers=0, device="cpu", noplots=True, noautoanchor=True,
+        project=str(work), name="lockstep", exist_ok=True,
+    )  # fmt: skip
+    run = setup(cfg, detect("cpu"))
+    run.model.load_state_dict(state)
+    run.ema.ema.load_state_dict(state)
+    for epoch, epoch_batches in enumerate(batches):
+        run.data.train_loader = epoch_batches  # a list of collated batches is all the epoch loop needs
+        train_one_epoch(run, epoch)
+        run.optim.scheduler.step()
+    return run.model, run.ema
+
+
+def update_parity(yaml_file: Path, dataset, nc: int, img: int, seed: int, per_epoch: int, epochs: int) -> dict:
+    from yolodist.config.schema import Hyp
+    from yolodist.data.loader import collate
+
+    order = [torch.randperm(len(dataset), generator=torch.Generator().manual_seed(e)) for e in range(epochs)]
+    batches = [
+        [collate([dataset[(e, int(j))] for j in order[e][k * 16 : (k + 1) * 16]]) for k in range(per_epoch)]
+        for e in range(epochs)
+    ]
+    hyp = Hyp().to_dict()
+    theirs = upstream_model(nc, seed)
+    start = {k: v.clone() for k, v in theirs.state_dict().items()}
+    control = upstream_model(nc, seed)
+    with torch.no_grad():
+        for p in control.parameters():
+            p.mul_(1 + 1e-6 * torch.randn_like(p))
+    total = 30  # the LR schedule's length (only its first epochs run)
+    theirs, theirs_ema = upstream_updates(theirs, batches, hyp, img, total)
+    control, control_ema = upstream_updates(control, batches, hyp, img, total)
+    ours, ours_ema = our_updates(yaml_file, start, batches, img, total, ROOT / ".cache" / "parity" / "runs")
+    return {
+        "batches": per_epoch * epochs,
+        "updates": [theirs_ema.updates, ours_ema.updates],
+        "weights_rel_l2": distance(ours, theirs),
+        "ema_rel_l2": distance(ours_ema.ema, theirs_ema.ema),
+        "yardstick_weights_rel_l2": distance(control, theirs),
+        "yardstick_ema_rel_l2": distance(control_ema.ema, theirs_ema.ema),
+    }
+
+
 def stats(samples) -> dict:
     counts, empty, areas, pixels = [], 0, [], []
     for img, labels in samples:
@@ -153,6 +267,8 @@ def main() -> None:
     parser.add_argument("--img", type=int, default=320)
     parser.add_argument("--samples", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batches", type=int, default=12, help="fixed batches per epoch in the lockstep check")
+    parser.add_argument("--epochs", type=int, default=3, help="epochs in the lockstep check")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "upstream_parity.json")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -168,6 +284,7 @@ def main() -> None:
     out = {
         "init": init_parity(spec.nc, args.seed),
         "loss_and_gradients": loss_parity(dataset, spec.nc, args.img, args.seed),
+        "updates": update_parity(yaml_file, dataset, spec.nc, args.img, args.seed, args.batches, args.epochs),
         "augmentation": augmentation_parity(Path(spec.train[0]), args.img, args.samples),
     }
     print(json.dumps(out, indent=2))

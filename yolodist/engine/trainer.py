@@ -168,8 +168,7 @@ def train_one_epoch(run: Run, epoch: int, guard: Guard | None = None, start: int
             plots.safe_plot(plots.plot_images, imgs, targets, list(paths), data.names, name)
         accumulate = apply_warmup(run, epoch, i + steps * epoch)
         imgs = network_input(imgs, ctx.env.device, cfg, run.stride, epoch, i)
-        # Accumulation windows end with the epoch, so an epoch-end checkpoint resumes exactly.
-        update = i - last_update >= accumulate or i == steps - 1
+        update = ends_window(i, last_update, accumulate, steps)
         items = train_step(ctx, imgs, targets.to(ctx.env.device), update)
         loss_sum += torch.nan_to_num(items, nan=0.0, posinf=0.0, neginf=0.0)  # a skipped update's NaN stays out
         if update:
@@ -202,7 +201,23 @@ def apply_warmup(run: Run, epoch: int, global_step: int) -> int:
         hyp.momentum,
         hyp.warmup_momentum,
     )
-    return max(1, int(np.interp(global_step, [0, run.warmup_iters], [1, optim.accumulate]).round()))
+    return warmup_accumulation(global_step, run.warmup_iters, optim.accumulate)
+
+
+def warmup_accumulation(global_step: int, warmup_iters: int, accumulate: int) -> int:
+    """Batches per update during warm-up: rising linearly (rounded) from 1 to ``accumulate``, as upstream."""
+    return max(1, int(np.interp(global_step, [0, warmup_iters], [1, accumulate]).round()))
+
+
+def ends_window(step: int, last_update: int, accumulate: int, steps: int) -> bool:
+    """Whether batch ``step`` of an epoch of ``steps`` batches ends an accumulation window (an update).
+
+    As upstream, an update comes once ``accumulate`` batches have passed since the last one. Unlike
+    upstream, windows end with the epoch: its last batch always updates, where upstream drops the
+    gradients of an unfinished window at the next epoch's start. The two agree whenever ``steps`` is
+    a multiple of ``accumulate``; ours lets an epoch-end checkpoint resume exactly.
+    """
+    return step - last_update >= accumulate or step == steps - 1
 
 
 def after_update(run: Run, epoch: int, step: int) -> None:
