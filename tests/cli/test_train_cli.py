@@ -123,15 +123,17 @@ def test_resume_matches_uninterrupted(tmp_path, tiny_shapes):
         (["--data", "missing.yaml", "--cfg", "yolov5n.yaml"], "missing.yaml"),
         (["--cfg", "yolov5q.yaml"], "yolov5q"),
         (["--weights", "nothere.pt"], "nothere.pt"),
-        (["--batch", "0"], "--batch-size"),
-        (["--sync-bn"], "--sync-bn"),
+        # Our messages, not argparse's (which would name the flag too, in "unrecognized arguments").
+        (["--batch", "0"], "--batch-size must be at least 1, got 0"),
+        (["--sync-bn"], "--sync-bn needs DDP: launch with python -m torch.distributed.run --nproc_per_node N"),
     ],
 )
 def test_user_errors_are_one_line(tmp_path, argv, message):
     proc = run_script([str(ROOT / "train.py"), *argv], cwd=tmp_path)
     assert proc.returncode != 0
-    assert message in proc.stderr
-    assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()], proc.stderr  # one line
+    assert proc.stderr.startswith("yolodist train: error: ") and message in proc.stderr, proc.stderr
+    assert "unrecognized arguments" not in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_training_flags_work_together(tmp_path, tiny_shapes):

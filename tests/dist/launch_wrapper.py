@@ -2,9 +2,13 @@
 
 Started by torchrun as a file, once per rank::
 
-    launch_wrapper.py slow-labels SECONDS MARKER_DIR TRAIN_ARGS...
+    launch_wrapper.py slow-labels SECONDS LOG_DIR TRAIN_ARGS...
         local rank 0 sleeps SECONDS in its first label-cache load (the rank-0-only phase the
-        others wait for) and writes MARKER_DIR/slept-rank<R>.txt when it wakes up.
+        others wait for). Every rank appends one JSON line per event to LOG_DIR/labels-rank<R>.jsonl,
+        with the wall-clock time: "load" (a dataset asks for its labels), "scan" (the images are
+        verified and parsed), "save" (a label cache was written), each naming the cache path, and
+        "wait" (a rank waited for the main rank's phase), naming the phase and the seconds waited.
+        A test can then count per rank who scanned and who reused the cache, and who waited how long.
     launch_wrapper.py record-sizes OUT_DIR TRAIN_ARGS...
         every rank appends the (h, w) of each batch it trains on to OUT_DIR/sizes-rank<R>.txt.
 
@@ -14,6 +18,7 @@ The production code has no hooks for this: the patches live here.
 from __future__ import annotations
 
 import functools
+import json
 import os
 import sys
 import time
@@ -24,22 +29,58 @@ def _rank() -> int:
     return int(os.environ.get("RANK", "0"))
 
 
-def _slow_labels(seconds: float, marker_dir: Path) -> None:
-    from yolodist.data import dataset
+def _slow_labels(seconds: float, log_dir: Path) -> None:
+    from yolodist.data import cache, dataset
+    from yolodist.dist import scope
 
-    original = dataset.load_or_scan
+    log = log_dir / f"labels-rank{_rank()}.jsonl"
+    loading: list[str] = []  # the cache path of the load in progress, for the scan inside it
     slept = False
 
-    @functools.wraps(original)
-    def slow(*args, **kwargs):
+    def record(event: str, what: object, **more: float) -> None:
+        with log.open("a") as f:
+            f.write(json.dumps({"event": event, "what": str(what), "time": time.time(), **more}) + "\n")
+
+    original_load, original_scan, original_save = dataset.load_or_scan, cache.scan_images, cache.save_cache
+    original_wait = scope._wait_for
+
+    @functools.wraps(original_load)
+    def slow_load(im_files, cache_path, *args, **kwargs):
         nonlocal slept
+        record("load", cache_path)
         if int(os.environ.get("LOCAL_RANK", "0")) == 0 and not slept:
             slept = True
             time.sleep(seconds)
-            (marker_dir / f"slept-rank{_rank()}.txt").write_text(f"{seconds}\n")
-        return original(*args, **kwargs)
+        loading.append(str(cache_path))
+        try:
+            return original_load(im_files, cache_path, *args, **kwargs)
+        finally:
+            loading.pop()
 
-    dataset.load_or_scan = slow
+    @functools.wraps(original_scan)
+    def recorded_scan(*args, **kwargs):
+        record("scan", loading[-1] if loading else "?")
+        return original_scan(*args, **kwargs)
+
+    @functools.wraps(original_save)
+    def recorded_save(path, *args, **kwargs):
+        original_save(path, *args, **kwargs)
+        record("save", path)  # after the write: the time the cache became readable
+
+    @functools.wraps(original_wait)
+    def recorded_wait(store, key, name, *args, **kwargs):
+        started = time.monotonic()
+        try:
+            return original_wait(store, key, name, *args, **kwargs)
+        finally:
+            record("wait", name, seconds=time.monotonic() - started)
+
+    # The dataset calls load_or_scan through its own imported name; load_or_scan calls the scan and
+    # the save, and main_first the wait, through their modules' globals.
+    dataset.load_or_scan = slow_load
+    cache.scan_images = recorded_scan
+    cache.save_cache = recorded_save
+    scope._wait_for = recorded_wait
 
 
 def _record_sizes(out_dir: Path) -> None:

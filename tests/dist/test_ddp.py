@@ -14,6 +14,7 @@ from collections.abc import Callable
 import pytest
 import torch
 
+import yolodist
 from tests.conftest import ROOT, free_port, run_script
 
 pytestmark = pytest.mark.dist
@@ -135,8 +136,48 @@ def test_batch_not_multiple_of_world_is_one_line(tmp_path):
     assert "multiple of 2" in proc.stderr and "Traceback" not in proc.stderr.split("multiple of 2")[0][-2000:]
 
 
-def test_python_is_the_venv():
-    assert sys.executable
+RANK_PROBE = textwrap.dedent(
+    """
+    import json, os, sys
+    import torch, yolodist
+    report = {"executable": sys.executable, "prefix": sys.prefix, "yolodist": yolodist.__file__}
+    report["torch"] = torch.__version__
+    with open(os.path.join(sys.argv[1], f"rank{os.environ['RANK']}.json"), "w") as f:
+        json.dump(report, f)
+    """
+)
+# `yolodist train --nproc-per-node 2` does this, with yolodist.cli as the module.
+LAUNCH = textwrap.dedent(
+    """
+    import sys
+    from yolodist.dist import launcher
+    where = launcher.plan(2, 1, 0, "127.0.0.1", None, join_timeout_s=60)
+    sys.exit(launcher.launch(where, "rank_probe", [sys.argv[1]]))
+    """
+)
+
+
+@pytest.mark.timeout(120)
+def test_launched_ranks_run_this_interpreter_and_checkout(tmp_path):
+    """The launch shortcut starts its ranks with the interpreter it runs in, whatever PATH says, and they
+    import this checkout's yolodist and the same torch (each rank reports it from inside)."""
+    decoys = tmp_path / "decoys"  # a `python` or `torchrun` found on PATH instead would fail loudly
+    decoys.mkdir()
+    for name in ("python", "python3", "torchrun"):
+        (decoys / name).write_text("#!/bin/sh\necho wrong interpreter: $0 >&2\nexit 97\n")
+        (decoys / name).chmod(0o755)
+    (tmp_path / "rank_probe.py").write_text(RANK_PROBE)
+    out = tmp_path / "ranks"
+    out.mkdir()
+    path = os.pathsep.join([str(decoys), os.environ.get("PATH", "")])
+    proc = run_script(["-c", LAUNCH, str(out)], cwd=tmp_path, timeout=100, env={"PATH": path})
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    for rank in (0, 1):
+        report = json.loads((out / f"rank{rank}.json").read_text())
+        assert report["executable"] == sys.executable, report
+        assert report["prefix"] == sys.prefix, report
+        assert report["yolodist"] == yolodist.__file__ and report["yolodist"].startswith(str(ROOT)), report
+        assert report["torch"] == torch.__version__, report
 
 
 def _global_rel_diff(a: dict, b: dict) -> float:

@@ -6,6 +6,7 @@ leftover processes are killed (``launch_helpers.run_together``).
 
 from __future__ import annotations
 
+import json
 import re
 import socket
 import sys
@@ -16,6 +17,7 @@ import pytest
 
 from tests.dist.conftest import ROOT, free_port
 from tests.dist.launch_helpers import WRAPPER, run_one, run_together, tiny_train_args, torchrun_command
+from yolodist.data.synthetic import ensure_shapes
 from yolodist.dist.launcher import Topology, plan, rendezvous_error
 from yolodist.errors import DistFailure, PortBusy
 
@@ -201,10 +203,24 @@ def _assert_apart(jobs, project: Path, names: tuple[str, ...]) -> None:
     assert sorted(p.name for p in project.iterdir()) == sorted(names)
 
 
+def _label_events(log_dir: Path, rank: int) -> dict[str, list[dict]]:
+    """The events ``launch_wrapper.py slow-labels`` recorded for ``rank``, by kind (load, scan, save, wait)."""
+    events: dict[str, list[dict]] = {"load": [], "scan": [], "save": [], "wait": []}
+    log = log_dir / f"labels-rank{rank}.jsonl"
+    for line in log.read_text().splitlines() if log.is_file() else []:
+        event = json.loads(line)
+        events[event["event"]].append(event)
+    return events
+
+
 @pytest.mark.timeout(150)
-def test_slow_rank0_label_cache_outlasts_dist_timeout(tmp_path, tiny_shapes):
-    """F4: local rank 0 scans labels for 12 s with --dist-timeout 8; the other rank waits on a store key."""
-    project = tmp_path / "runs"
+def test_slow_rank0_label_cache_outlasts_dist_timeout(tmp_path):
+    """F4: local rank 0 scans labels for 12 s with --dist-timeout 8; the other rank waits on a store key,
+    then reads the cache rank 0 wrote instead of scanning the images itself."""
+    # A dataset of its own: the session's tiny set may already carry label caches from other tests.
+    data = ensure_shapes(tmp_path / "shapes", n_train=16, n_val=8, img_size=128, seed=0)
+    project, events = tmp_path / "runs", tmp_path / "events"
+    events.mkdir()
     run = run_one(
         torchrun_command(
             "--nproc_per_node",
@@ -216,15 +232,29 @@ def test_slow_rank0_label_cache_outlasts_dist_timeout(tmp_path, tiny_shapes):
             str(WRAPPER),
             "slow-labels",
             "12",
-            str(tmp_path),
-            *tiny_train_args(tiny_shapes, project, "slow", "--dist-timeout", "8"),
+            str(events),
+            *tiny_train_args(data, project, "slow", "--dist-timeout", "8"),
         ),
         tmp_path / "logs",
         timeout=120,
     )
     assert run.returncode == 0, run.stderr[-3000:]
-    assert (tmp_path / "slept-rank0.txt").is_file() and not (tmp_path / "slept-rank1.txt").exists()
-    assert run.seconds > 12
+    rank0, rank1 = _label_events(events, 0), _label_events(events, 1)
+    caches = sorted({e["what"] for e in rank0["load"]})
+    assert len(caches) == 2, rank0  # the train and the val label caches
+    # Rank 0 scanned and wrote each cache exactly once; rank 1 asked for the same labels and got
+    # them from those caches, without a scan or a write of its own.
+    assert sorted(e["what"] for e in rank0["scan"]) == sorted(e["what"] for e in rank0["save"]) == caches
+    assert sorted({e["what"] for e in rank1["load"]}) == caches, rank1
+    assert rank1["scan"] == [] and rank1["save"] == [], rank1
+    # Rank 1 waited on the store for longer than --dist-timeout (rank 0 slept 12 s), without failing,
+    # and started on the train labels only once rank 0's cache was on disk.
+    waits = {e["what"]: e["seconds"] for e in rank1["wait"]}
+    assert waits.get("train-labels", 0) > 8, rank1["wait"]
+    assert rank0["wait"] == [], rank0["wait"]  # the local main rank goes first, it never waits
+    saved = {e["what"]: e["time"] for e in rank0["save"]}
+    first = rank1["load"][0]
+    assert first["time"] >= saved[first["what"]], (rank0, rank1)
     assert "Starting training" in run.stdout and (project / "slow" / "weights" / "last.pt").is_file()
     assert "dist_timeout: 8.0" in (project / "slow" / "opt.yaml").read_text()
 

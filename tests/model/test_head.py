@@ -36,7 +36,7 @@ def test_bias_priors_from_zero() -> None:
         bias = conv.bias.detach().view(head.na, head.no)
         assert torch.all(bias[:, :4] == 0)
         torch.testing.assert_close(bias[:, 4], torch.full((2,), math.log(8 / (640 / s) ** 2)))
-        torch.testing.assert_close(bias[:, 5:], torch.full((2, 3), math.log(0.6 / (3 - 0.99999))))  # upstream 7.0's prior
+        torch.testing.assert_close(bias[:, 5:], torch.full((2, 3), math.log(0.6 / (3 - 0.99999))))
 
 
 def test_bias_priors_with_class_frequencies() -> None:

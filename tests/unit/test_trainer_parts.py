@@ -1,12 +1,21 @@
 """Small trainer pieces: early stopping, multi-scale agreement, freezing, warm-up, the update schedule."""
 
+import json
+import os
+import random
+import subprocess
+import sys
+
+import numpy as np
 import pytest
+import torch
 
 from yolodist.config.schema import Hyp, TrainConfig
 from yolodist.engine.build import freeze_layers, warmup_iterations
 from yolodist.engine.inputs import multi_scale_size
 from yolodist.engine.trainer import EarlyStopping, ends_window, warmup_accumulation
 from yolodist.models import Model
+from yolodist.utils.seed import seed_everything
 
 
 def test_early_stopping_patience():
@@ -16,11 +25,47 @@ def test_early_stopping_patience():
     assert not any(never(e, 0.0 if e else 1.0) for e in range(50))
 
 
+# Sizes for epochs 1 and 2, steps 0-39, computed in a separate process that is rank 1 of 2 and has its
+# own global random state: what another rank would compute.
+_SIZES_ON_ANOTHER_RANK = """
+import json, random, sys
+import numpy as np, torch
+random.seed(99); np.random.seed(99); torch.manual_seed(99)
+from yolodist.config.schema import TrainConfig
+from yolodist.engine.inputs import multi_scale_size
+cfg = TrainConfig(imgsz=320, seed=3)
+print(json.dumps([[multi_scale_size(cfg, epoch, step, 32) for step in range(40)] for epoch in (1, 2)]))
+"""
+
+
 def test_multi_scale_size_is_keyed_by_step_not_rank():
-    cfg = TrainConfig(imgsz=320, seed=3)
-    sizes = [multi_scale_size(cfg, 1, step, 32) for step in range(20)]
-    assert sizes == [multi_scale_size(cfg, 1, step, 32) for step in range(20)]  # any rank computes the same
-    assert all(s % 32 == 0 and 160 <= s <= 480 for s in sizes) and len(set(sizes)) > 3
+    cfg, stride = TrainConfig(imgsz=320, seed=3), 32
+
+    def sizes(epoch: int, config: TrainConfig = cfg) -> list[int]:
+        return [multi_scale_size(config, epoch, step, stride) for step in range(40)]
+
+    seed_everything(0)
+    here = [sizes(1), sizes(2)]
+    # The process-wide random state (seeded otherwise, then drawn from) does not enter.
+    seed_everything(12345)
+    random.random()
+    np.random.rand(7)
+    torch.rand(3)
+    assert [sizes(1), sizes(2)] == here
+    # Nor does the rank: another process, launched as rank 1 of 2, computes the same sizes.
+    env = {**os.environ, "RANK": "1", "LOCAL_RANK": "1", "WORLD_SIZE": "2", "PYTHONHASHSEED": "7"}
+    other = subprocess.run(
+        [sys.executable, "-c", _SIZES_ON_ANOTHER_RANK], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert other.returncode == 0, other.stderr[-2000:]
+    assert json.loads(other.stdout) == here
+    # The size changes from step to step, and with the epoch and the seed.
+    assert len(set(here[0])) >= 6 and here[0] != here[1]
+    assert sizes(1, TrainConfig(imgsz=320, seed=4)) != here[0]
+    # Upstream's range: a multiple of the stride in [0.5 * imgsz, 1.5 * imgsz + stride), both ends reached.
+    every = here[0] + here[1]
+    assert all(s % stride == 0 and 160 <= s < 320 * 1.5 + stride for s in every), every
+    assert min(every) < 224 and max(every) > 416, every
 
 
 def test_freeze_layers():
