@@ -6,7 +6,7 @@ Run it with the Python of the environment ``bench/accuracy.py`` creates (it hold
 ``yolov5`` package; this repository's package is imported from the checkout). Three checks:
 
 1. **Initialisation**: upstream's model built after ``torch.manual_seed(s)`` and ours built the same
-   way hold the same tensors (largest absolute difference).
+   way: the largest absolute difference over the parameters, and over the buffers.
 2. **Loss and gradients**: upstream's weights copied into our model, one augmented batch through
    both models and both losses (upstream's ``ComputeLoss`` with its scaled gains, ours as the trainer
    builds it); the loss items and the largest relative gradient difference over all tensors.
@@ -59,9 +59,19 @@ def our_model(nc: int, seed: int) -> torch.nn.Module:
 
 
 def init_parity(nc: int, seed: int) -> dict:
-    theirs, ours = upstream_model(nc, seed).state_dict(), our_model(nc, seed).state_dict()
-    worst = max((theirs[k].float() - v.float()).abs().max().item() for k, v in ours.items())
-    return {"same_keys": list(theirs) == list(ours), "max_abs_diff": worst}
+    """Parameters and buffers apart: upstream's stride probe leaves BatchNorm statistics behind, ours not."""
+    theirs, ours = upstream_model(nc, seed), our_model(nc, seed)
+    t_state, params = theirs.state_dict(), {k for k, _ in ours.named_parameters()}
+
+    def worst(keys) -> float:
+        return max((t_state[k].float() - ours.state_dict()[k].float()).abs().max().item() for k in keys)
+
+    buffers = [k for k in ours.state_dict() if k not in params]
+    return {
+        "same_keys": list(t_state) == list(ours.state_dict()),
+        "parameters_max_abs_diff": worst(params),
+        "buffers_max_abs_diff": worst(buffers),
+    }
 
 
 def batch_of(dataset, size: int):
