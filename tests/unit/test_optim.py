@@ -1,6 +1,7 @@
 """Optimiser groups, weight-decay scaling, LR schedules and warm-up, as upstream YOLOv5."""
 
 import copy
+import dataclasses
 import itertools
 import math
 
@@ -8,6 +9,8 @@ import pytest
 import torch
 from torch import nn
 
+from yolodist.config.schema import Hyp, TrainConfig
+from yolodist.engine.build import build_optim
 from yolodist.engine.optim import (
     accumulate_steps,
     build_optimizer,
@@ -18,6 +21,7 @@ from yolodist.engine.optim import (
     warmup,
     warmup_steps,
 )
+from yolodist.engine.resume import restore_training
 from yolodist.errors import BadFlag
 
 
@@ -227,3 +231,54 @@ def test_a_for_loop_state_resumes_on_the_fused_kernels():
     train_a_few_steps(resumed, resumed_model, steps=1)
     for a, b in zip(model.parameters(), resumed_model.parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def upstream_epoch_lrs(epochs: int, lf) -> list[float]:
+    """Each epoch's LR per group (flat) after warm-up by upstream's rule: a LambdaLR built, then reset to
+    ``last_epoch = start_epoch - 1`` ("do not move"), and stepped at each epoch's end."""
+    opt = build_optimizer(model_zoo(), "SGD", 0.01, 0.937, 5e-4)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda=lf)
+    sched.last_epoch = -1
+    lrs = []
+    for _ in range(epochs):
+        lrs.extend(g["lr"] for g in opt.param_groups)
+        opt.step()
+        sched.step()
+    return lrs
+
+
+@pytest.mark.parametrize("cos", [False, True])
+def test_training_schedule_is_upstreams_epoch_by_epoch(cos):
+    epochs = 14
+    cfg = TrainConfig(epochs=epochs, cos_lr=cos, batch_size=16)
+    optim = build_optim(model_zoo(), cfg, Hyp(), torch.device("cpu"))
+    ours = []
+    for _ in range(epochs):
+        ours.extend(g["lr"] for g in optim.optimizer.param_groups)
+        optim.optimizer.step()
+        optim.scheduler.step()
+    expected = upstream_epoch_lrs(epochs, lr_lambda(epochs, 0.01, cos))
+    assert ours == pytest.approx(expected, rel=1e-12)
+    # Upstream's last epoch trains at lf(epochs - 2), twice the lrf at 14 epochs: not lf(epochs - 1).
+    assert ours[-1] == pytest.approx(0.01 * optim.lr_fn(epochs - 2))
+    assert ours[3 * 4] == pytest.approx(0.01 * optim.lr_fn(3))  # epoch 4, group 0
+
+
+def test_resumed_schedule_continues_where_it_stopped(tmp_path):
+    epochs = 10
+    cfg = TrainConfig(epochs=epochs, batch_size=16)
+    model = model_zoo()
+    full = build_optim(model, cfg, Hyp(), torch.device("cpu"))
+    for _ in range(6):
+        full.optimizer.step()
+        full.scheduler.step()
+    ckpt = {"optimizer": full.optimizer.state_dict(), "epoch": 5}
+    resumed = build_optim(model, dataclasses.replace(cfg, resume=True), Hyp(), torch.device("cpu"))
+    assert restore_training(dataclasses.replace(cfg, resume=True), ckpt, resumed)[0] == 6
+    for _ in range(6, epochs):
+        assert [g["lr"] for g in resumed.optimizer.param_groups] == pytest.approx(
+            [g["lr"] for g in full.optimizer.param_groups], rel=1e-12
+        )
+        for optim in (full, resumed):
+            optim.optimizer.step()
+            optim.scheduler.step()

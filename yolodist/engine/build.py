@@ -29,7 +29,14 @@ from yolodist.engine import autoanchor
 from yolodist.engine.checkpoint import transfer_weights
 from yolodist.engine.ema import ModelEMA
 from yolodist.engine.loss import LossTerms, YoloLoss, reduce_loss
-from yolodist.engine.optim import accumulate_steps, build_optimizer, lr_lambda, scaled_weight_decay, warmup_steps
+from yolodist.engine.optim import (
+    accumulate_steps,
+    build_optimizer,
+    epoch_factor,
+    lr_lambda,
+    scaled_weight_decay,
+    warmup_steps,
+)
 from yolodist.engine.weights import load_weights, resolve_weights
 from yolodist.errors import BadCheckpoint
 from yolodist.models import Model
@@ -169,7 +176,7 @@ def build_optim(model: nn.Module, cfg: TrainConfig, hyp: Hyp, device: torch.devi
     decay = scaled_weight_decay(hyp.weight_decay, cfg.batch_size, accumulate, nbs=cfg.nbs)
     optimizer = build_optimizer(model, cfg.optimizer, hyp.lr0, hyp.momentum, decay)
     lr_fn = lr_lambda(cfg.epochs, hyp.lrf, cfg.cos_lr)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda=lr_fn)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda=epoch_factor(lr_fn))
     scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda")
     return OptimParts(optimizer, scheduler, lr_fn, accumulate, scaler)
 

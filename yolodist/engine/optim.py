@@ -137,6 +137,23 @@ def lr_lambda(epochs: int, lrf: float, cos: bool) -> Callable[[int], float]:
     return linear
 
 
+def epoch_factor(lf: Callable[[int], float]) -> Callable[[int], float]:
+    """The LR factor epoch ``x`` trains at once warm-up is over: ``lf(x - 1)``, and ``lf(0)`` for epoch 0.
+
+    This is the schedule upstream's users train with: upstream builds its ``LambdaLR`` and then sets
+    ``last_epoch = start_epoch - 1``, so the step at each epoch's end sets the factor of the epoch just
+    finished. Each epoch after warm-up trains one epoch "behind" ``lf`` and the last one at
+    ``lf(epochs - 2)``: ``lrf`` itself is never reached. Warm-up still aims at ``lf(epoch)``.
+    Training at ``lf(x)`` instead ends with less learning in the low-LR epochs (at 14 epochs the last
+    one runs at half of upstream's LR), which measurably costs accuracy on short runs.
+    """
+
+    def factor(x: int) -> float:
+        return lf(max(x - 1, 0))
+
+    return factor
+
+
 def warmup_steps(warmup_epochs: float, steps_per_epoch: int, minimum: int = 100) -> int:
     """Warm-up length in optimiser iterations: ``max(round(warmup_epochs * steps_per_epoch), minimum)``.
 

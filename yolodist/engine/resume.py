@@ -87,8 +87,8 @@ def restore_training(cfg: TrainConfig, ckpt: dict | None, optim: OptimParts) -> 
         optim.scaler.load_state_dict(ckpt["scaler"])
     start_epoch = int(ckpt["epoch"]) + 1
     optim.scheduler.last_epoch = start_epoch  # the value it holds after start_epoch steps
-    for group, lr_scale in zip(optim.optimizer.param_groups, [optim.lr_fn(start_epoch)] * 3, strict=False):
-        group["lr"] = group["initial_lr"] * lr_scale
+    for group, factor in zip(optim.optimizer.param_groups, optim.scheduler.lr_lambdas, strict=True):
+        group["lr"] = group["initial_lr"] * factor(start_epoch)
     LOGGER.info(f"Resuming training from epoch {start_epoch} to {cfg.epochs} total epochs")
     return start_epoch, float(ckpt.get("best_fitness", 0.0))
 
