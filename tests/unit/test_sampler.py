@@ -98,3 +98,15 @@ def test_collate_adds_image_index():
 def test_num_workers_is_capped():
     assert num_workers(8, 1) == 0
     assert num_workers(8, 2) <= 2 and num_workers(0, 16) == 0
+
+
+def test_neighbouring_seeds_share_no_epochs_order():
+    """A generator seeded with seed + epoch gave seed 1's epoch 0 the order of seed 0's epoch 1."""
+    orders = {
+        (seed, epoch): tuple(ShardedBatchSampler(64, 8, seed=seed).order(epoch).tolist())
+        for seed in range(4)
+        for epoch in range(4)
+    }
+    assert len(set(orders.values())) == len(orders)
+    # Still a pure function of (seed, epoch): every rank and every restart draws the same order.
+    assert ShardedBatchSampler(64, 8, rank=1, world=2, seed=3).order(2).tolist() == list(orders[3, 2])

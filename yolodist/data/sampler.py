@@ -1,6 +1,7 @@
 """Batch sampler that shards each GLOBAL batch over ranks, so the data order is independent of world size.
 
-Epoch e uses the permutation of torch.Generator(seed + e) (or 0..N-1 without shuffling). Global batch k
+Epoch e uses a permutation keyed by (seed, e) (or 0..N-1 without shuffling): seeds 0 and 1 share no
+epoch's order, as they would with a generator seeded by ``seed + e``. Global batch k
 is ``perm[k*B:(k+1)*B]`` for the total batch ``B``; rank r takes the contiguous slice
 ``[r*B/W, (r+1)*B/W)`` of it. One process with batch B and W processes with B/W each therefore see
 exactly the same samples per step, which is what makes runs world-size invariant.
@@ -19,8 +20,18 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import numpy as np
 import torch
 from torch.utils.data import Sampler
+
+ORDER_STREAM = 1
+
+
+def order_key(seed: int, epoch: int) -> int:
+    """A 64-bit generator seed for (seed, epoch): well mixed, so no two (seed, epoch) pairs share an order."""
+    # A spawn key of its own keeps this stream apart from the per-sample ones (rng_for's [seed, epoch, i]).
+    sequence = np.random.SeedSequence([seed & 0xFFFFFFFF, epoch], spawn_key=(ORDER_STREAM,))
+    return int(sequence.generate_state(1, np.uint64)[0])
 
 
 class ShardedBatchSampler(Sampler[list[tuple[int, int]]]):
@@ -62,7 +73,7 @@ class ShardedBatchSampler(Sampler[list[tuple[int, int]]]):
         if not self.shuffle:
             return torch.arange(self.num_samples)
         g = torch.Generator()
-        g.manual_seed(self.seed + epoch)
+        g.manual_seed(order_key(self.seed, epoch))
         return torch.randperm(self.num_samples, generator=g)
 
     def global_batch(self, k: int, order: torch.Tensor | None = None) -> list[int]:
