@@ -229,10 +229,12 @@ def load_last(tmp_path, name: str) -> dict:
 def assert_same_trajectory(a: dict, b: dict) -> None:
     # The weights as a whole agree to 1e-4 relative (measured: 9e-7). Tensor by tensor, float32
     # rounding that differs between one and two processes, amplified by four steps (two in warm-up at a
-    # bias learning rate of 0.1), reaches about 1.1e-4 on the smallest ones (first BatchNorm biases).
+    # bias learning rate of 0.1), reaches about 1.1e-4 on the smallest ones (first BatchNorm biases)
+    # with contiguous tensors and 2.9e-4 with channels-last ones (other convolution kernels, other
+    # summation orders). A different trajectory is 1e-2 or more apart (the control below).
     for key in ("model", "ema"):
-        assert _global_rel_diff(a[key], b[key]) < 1e-4, key
-        assert _max_rel_diff(a[key], b[key]) < 2.5e-4, key
+        global_diff, max_diff = _global_rel_diff(a[key], b[key]), _max_rel_diff(a[key], b[key])
+        assert global_diff < 1e-4 and max_diff < 5e-4, (key, global_diff, max_diff)
 
 
 @pytest.mark.timeout(420)

@@ -181,7 +181,7 @@ def _toy_context(signum: int = 0) -> step.StepContext:
     model = torch.nn.Linear(3, 2)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     scaler = torch.amp.GradScaler("cpu", enabled=False)
-    ctx = step.StepContext(model, model, None, optimizer, scaler, None, DistEnv(), 1, amp=False)
+    ctx = step.StepContext(model, model, None, optimizer, scaler, None, DistEnv(), 1, autocast=None)
     ctx.pending_signal = lambda: signum
     return ctx
 

@@ -8,7 +8,7 @@ import sys
 from yolodist.cli.exit import run_command
 from yolodist.cli.flags import ArgumentParser, add_device, add_image_size, add_local_rank, add_run_dir
 from yolodist.config.presets import resolve_profile
-from yolodist.config.schema import OPTIMIZERS, TrainConfig
+from yolodist.config.schema import AMP_MODES, OPTIMIZERS, TrainConfig
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -65,6 +65,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="nominal batch size: gradients accumulate up to it (upstream: 64)",
     )
     p.add_argument("--dist-timeout", type=float, default=1800.0, help="distributed collective timeout in seconds")
+    p.add_argument(
+        "--amp",
+        choices=AMP_MODES,
+        default="auto",
+        help="autocast: auto = float16 on CUDA, bfloat16 on CPUs with native bfloat16 (AMX/AVX512-BF16), else off",
+    )
+    p.add_argument(
+        "--channels-last",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="train with channels-last tensors (faster convolutions on oneDNN and cuDNN)",
+    )
     add_launch_flags(p)
     return p
 

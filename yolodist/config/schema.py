@@ -78,6 +78,7 @@ class Hyp:
 
 OPTIMIZERS = ("SGD", "Adam", "AdamW")
 CACHE_MODES = ("ram", "disk")
+AMP_MODES = ("auto", "off", "fp16", "bf16")
 
 
 @dataclass(frozen=True)
@@ -118,6 +119,9 @@ class TrainConfig:
     nbs: int = 64
     dist_timeout: float = 1800.0
     min_warmup_iters: int = 100
+    # Speed levers (not upstream flags): autocast precision and the convolutions' memory layout.
+    amp: str = "auto"
+    channels_last: bool = True
 
     def __post_init__(self) -> None:
         checks = [
@@ -131,6 +135,7 @@ class TrainConfig:
             (self.cache in (None, *CACHE_MODES), f"--cache must be 'ram' or 'disk', got {self.cache!r}"),
             (0 <= self.label_smoothing < 1, "--label-smoothing must be in [0, 1)"),
             (self.patience >= 0, "--patience must not be negative (0 disables early stopping)"),
+            (self.amp in AMP_MODES, f"--amp must be one of {', '.join(AMP_MODES)}, got {self.amp!r}"),
         ]
         for ok, message in checks:
             if not ok:

@@ -37,6 +37,7 @@ from yolodist.engine.optim import (
     scaled_weight_decay,
     warmup_steps,
 )
+from yolodist.engine.precision import needs_scaler
 from yolodist.engine.weights import load_weights, resolve_weights
 from yolodist.errors import BadCheckpoint
 from yolodist.models import Model
@@ -171,13 +172,15 @@ def build_data(cfg: TrainConfig, env: DistEnv, hyp: Hyp, stride: int, spec: Data
     return DataParts(spec, names, train_set, sampler, train_loader, val_loader)
 
 
-def build_optim(model: nn.Module, cfg: TrainConfig, hyp: Hyp, device: torch.device) -> OptimParts:
+def build_optim(
+    model: nn.Module, cfg: TrainConfig, hyp: Hyp, device: torch.device, autocast: torch.dtype | None = None
+) -> OptimParts:
     accumulate = accumulate_steps(cfg.batch_size, nbs=cfg.nbs)
     decay = scaled_weight_decay(hyp.weight_decay, cfg.batch_size, accumulate, nbs=cfg.nbs)
     optimizer = build_optimizer(model, cfg.optimizer, hyp.lr0, hyp.momentum, decay)
     lr_fn = lr_lambda(cfg.epochs, hyp.lrf, cfg.cos_lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda=epoch_factor(lr_fn))
-    scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda")
+    scaler = torch.amp.GradScaler(device.type, enabled=needs_scaler(autocast))
     return OptimParts(optimizer, scheduler, lr_fn, accumulate, scaler)
 
 

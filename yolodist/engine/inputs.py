@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from yolodist.config.schema import TrainConfig
+from yolodist.engine.precision import memory_format
 from yolodist.utils.seed import rng_for
 
 
@@ -19,7 +20,7 @@ def multi_scale_size(cfg: TrainConfig, epoch: int, step: int, stride: int) -> in
 def network_input(
     imgs: torch.Tensor, device: torch.device, cfg: TrainConfig, stride: int, epoch: int, step: int
 ) -> torch.Tensor:
-    """uint8 batch -> float in [0, 1] on ``device``, resized for --multi-scale."""
+    """uint8 batch -> float in [0, 1] on ``device`` (channels-last with --channels-last), resized for --multi-scale."""
     imgs = imgs.to(device, non_blocking=True).float() / 255
     if cfg.multi_scale:
         size = multi_scale_size(cfg, epoch, step, stride)
@@ -27,4 +28,4 @@ def network_input(
             scale = size / max(imgs.shape[2:])
             new_shape = [max(round(x * scale / stride) * stride, stride) for x in imgs.shape[2:]]
             imgs = F.interpolate(imgs, size=new_shape, mode="bilinear", align_corners=False)
-    return imgs
+    return imgs.contiguous(memory_format=memory_format(cfg.channels_last))

@@ -10,7 +10,7 @@ from yolodist.config.io import dump_yaml
 from yolodist.config.schema import Hyp, TrainConfig
 from yolodist.dist.env import DistEnv
 from yolodist.dist.scope import main_first
-from yolodist.engine import build, restarts, resume
+from yolodist.engine import build, precision, restarts, resume
 from yolodist.engine.ema import ModelEMA
 from yolodist.engine.report import MainReporter, NullReporter
 from yolodist.engine.step import StepContext
@@ -78,14 +78,15 @@ def setup(cfg: TrainConfig, env: DistEnv) -> Run:
         build.check_anchors(model, data.train_set, hyp, cfg)
     model.info(imgsz=cfg.imgsz)
     build.freeze_layers(model, cfg.freeze)
-    model.to(env.device)
-    optim = build.build_optim(model, cfg, hyp, env.device)
+    autocast = precision.autocast_dtype(cfg.amp, env.device, cfg.deterministic)
+    model.to(env.device, memory_format=precision.memory_format(cfg.channels_last))
+    LOGGER.info(precision.describe(autocast, cfg.channels_last))
+    optim = build.build_optim(model, cfg, hyp, env.device, autocast)
     ema = build.make_ema(model, ckpt if cfg.resume else None)
     start_epoch, best_fitness = resume.restore_training(cfg, ckpt, optim)
     net = build.wrap_model(model, env, cfg)
     loss_fn = build.LossFn(model, len(names), hyp, cfg)
-    amp = env.device.type == "cuda"
-    ctx = StepContext(net, model, loss_fn, optim.optimizer, optim.scaler, ema, env, cfg.batch_size, amp=amp)
+    ctx = StepContext(net, model, loss_fn, optim.optimizer, optim.scaler, ema, env, cfg.batch_size, autocast=autocast)
     reporter = MainReporter(save_dir, cfg.epochs, env.device) if env.is_main else NullReporter()
     warmup_iters = build.warmup_iterations(cfg, hyp, len(data.train_loader))
     run = Run(

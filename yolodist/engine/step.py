@@ -44,7 +44,7 @@ class StepContext:
     ema: ModelEMA | None
     env: DistEnv
     total_batch: int
-    amp: bool
+    autocast: torch.dtype | None  # float16/bfloat16 autocast, or None for float32
     # The signal number this rank was asked to stop with (0: none); read at every micro-batch.
     pending_signal: Callable[[], int] = no_signal
     # Written at every update, for the trainer: whether all ranks skipped it, for how many updates
@@ -64,7 +64,7 @@ def train_step(ctx: StepContext, imgs: torch.Tensor, targets: torch.Tensor, upda
     skipping (non-finite values) or stopping (a signal). The returned items stay on the device.
     """
     with parallel.no_sync(ctx.net, enabled=not update):
-        with torch.autocast(ctx.env.device.type, enabled=ctx.amp):
+        with torch.autocast(ctx.env.device.type, dtype=ctx.autocast, enabled=ctx.autocast is not None):
             preds = ctx.net(imgs)
             terms = ctx.loss_fn([p.float() for p in preds], targets)
         counts = share_counts(ctx, terms.counts.detach(), local_news(ctx, terms.sums.detach()))

@@ -96,6 +96,14 @@ def _forward(
     return out, None
 
 
+def _memory_format(model: nn.Module) -> torch.memory_format:
+    """The layout of the model's first convolution: a channels-last model gets channels-last batches."""
+    weight = next((p for p in model.parameters() if p.dim() == 4), None)
+    if weight is not None and not weight.is_contiguous() and weight.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
 @torch.no_grad()
 def validate(
     model: Callable[[torch.Tensor], object],
@@ -122,13 +130,14 @@ def validate(
         device = next(model.parameters()).device
     device = device or torch.device("cpu")
     dtype = torch.float16 if settings.half and device.type == "cuda" and is_module else torch.float32
+    layout = _memory_format(model) if is_module else torch.contiguous_format
     records: dict[str, ImageRecord] = {}
     loss_sum = torch.zeros(3, device=device)
     batches = 0
     times = np.zeros(3)
     for batch_index, (imgs, targets, paths, shapes) in enumerate(loader):
         t0 = time.perf_counter()
-        imgs = imgs.to(device, non_blocking=True).to(dtype) / 255
+        imgs = (imgs.to(device, non_blocking=True).to(dtype) / 255).contiguous(memory_format=layout)
         targets = targets.to(device)
         t1 = time.perf_counter()
         decoded, raw = _forward(model, imgs, loss_fn is not None)
