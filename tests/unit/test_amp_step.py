@@ -23,7 +23,9 @@ def _context() -> step.StepContext:
     loss = YoloLoss(model.detect.anchors, 3, Hyp(), img_size=64)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, fused=True)  # as build_optimizer makes it
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
-    return step.StepContext(model, model, loss, optimizer, scaler, ModelEMA(model), DistEnv(), 2, autocast=torch.bfloat16)
+    return step.StepContext(
+        model, model, loss, optimizer, scaler, ModelEMA(model), DistEnv(), 2, autocast=torch.bfloat16
+    )
 
 
 def _batch() -> tuple[torch.Tensor, torch.Tensor]:

@@ -282,3 +282,22 @@ def test_resumed_schedule_continues_where_it_stopped(tmp_path):
         for optim in (full, resumed):
             optim.optimizer.step()
             optim.scheduler.step()
+
+
+def test_a_mid_epoch_resume_keeps_the_lr_warm_up_left():
+    """Warm-up ends inside an epoch at lr0 * lf(epoch), which the scheduler's factor for it is not."""
+    cfg = TrainConfig(epochs=2, batch_size=16)
+    model = model_zoo()
+    run = build_optim(model, cfg, Hyp(), torch.device("cpu"))
+    run.optimizer.step()
+    run.scheduler.step()  # epoch 0 done
+    warmup(run.optimizer, 4, 4, 1, run.lr_fn, warmup_bias_lr=0.1, momentum=0.937, warmup_momentum=0.8)
+    in_force = [g["lr"] for g in run.optimizer.param_groups]
+    assert in_force == pytest.approx([0.01 * run.lr_fn(1)] * 3)  # not the scheduler's lf(0)
+    ckpt = {"optimizer": run.optimizer.state_dict(), "epoch": 0, "batches_done": 2}
+    resumed = build_optim(model, dataclasses.replace(cfg, resume=True), Hyp(), torch.device("cpu"))
+    assert restore_training(dataclasses.replace(cfg, resume=True), ckpt, resumed)[0] == 1
+    assert [g["lr"] for g in resumed.optimizer.param_groups] == in_force
+    resumed.scheduler.step()
+    run.scheduler.step()
+    assert [g["lr"] for g in resumed.optimizer.param_groups] == [g["lr"] for g in run.optimizer.param_groups]

@@ -86,9 +86,10 @@ def restore_training(cfg: TrainConfig, ckpt: dict | None, optim: OptimParts) -> 
     if ckpt.get("scaler"):
         optim.scaler.load_state_dict(ckpt["scaler"])
     start_epoch = int(ckpt["epoch"]) + 1
+    # The saved groups hold the lr in force when the checkpoint was written: the next epoch's after an
+    # epoch end (the scheduler stepped before the save), and mid-epoch whatever warm-up or the
+    # scheduler had set, which the scheduler's own value would get wrong in the epoch warm-up ends in.
     optim.scheduler.last_epoch = start_epoch  # the value it holds after start_epoch steps
-    for group, factor in zip(optim.optimizer.param_groups, optim.scheduler.lr_lambdas, strict=True):
-        group["lr"] = group["initial_lr"] * factor(start_epoch)
     LOGGER.info(f"Resuming training from epoch {start_epoch} to {cfg.epochs} total epochs")
     return start_epoch, float(ckpt.get("best_fitness", 0.0))
 
