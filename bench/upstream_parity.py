@@ -129,7 +129,7 @@ def distance(a: torch.nn.Module, b: torch.nn.Module) -> float:
     return ((fa - fb).norm() / fb.norm()).item()
 
 
-def upstream_updates(model, batches: list[list], hyp: dict, img: int, epochs_total: int):
+def upstream_updates(model, batches: list[list], hyp: dict, img: int, epochs_total: int, warmup_floor: int = 100):
     """Upstream 7.0's update rules over fixed batches, with its own optimiser, EMA and loss classes."""
     from yolov5.utils.loss import ComputeLoss
     from yolov5.utils.torch_utils import ModelEMA, smart_optimizer
@@ -140,6 +140,7 @@ def upstream_updates(model, batches: list[list], hyp: dict, img: int, epochs_tot
     optimizer = smart_optimizer(model, "SGD", hyp["lr0"], hyp["momentum"], hyp["weight_decay"])
     factor = lambda e: (1 - e / epochs_total) * (1.0 - hyp["lrf"]) + hyp["lrf"]  # noqa: E731 (linear schedule)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda=factor)
+    scheduler.last_epoch = -1  # as upstream's train.py does right after (start_epoch - 1): epoch e runs at lf(e - 1)
     ema = ModelEMA(model)
     nl, nc = 3, model.yaml["nc"]
     model.nc = nc
@@ -147,7 +148,7 @@ def upstream_updates(model, batches: list[list], hyp: dict, img: int, epochs_tot
     model.hyp["obj"] = hyp["obj"] * (img / 640) ** 2 * 3 / nl
     loss_fn = ComputeLoss(model)
     per_epoch = len(batches[0])
-    warmup = max(round(hyp["warmup_epochs"] * per_epoch), 100)
+    warmup = max(round(hyp["warmup_epochs"] * per_epoch), warmup_floor)
     last = -1
     for epoch, epoch_batches in enumerate(batches):
         model.train()
@@ -172,19 +173,27 @@ def upstream_updates(model, batches: list[list], hyp: dict, img: int, epochs_tot
     return model, ema
 
 
-def our_updates(yaml_file: Path, state: dict, batches: list[list], img: int, epochs_total: int, work: Path):
+def our_updates(
+    yaml_file: Path, state: dict, batches: list[list], img: int, epochs_total: int, work: Path, hyp: dict, floor: int
+):
     """Our own trainer (``setup`` + ``train_one_epoch``) over the same fixed batches."""
+    from yolodist.config.io import dump_yaml
     from yolodist.config.schema import TrainConfig
     from yolodist.dist.env import detect
+    from yolodist.engine.build import warmup_iterations
     from yolodist.engine.run import setup
     from yolodist.engine.trainer import train_one_epoch
 
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "hyp.yaml").write_text(dump_yaml(hyp))
     cfg = TrainConfig(
         data=str(yaml_file), cfg="yolov5n.yaml", weights="", imgsz=img, batch_size=len(batches[0][0][0]),
-        epochs=epochs_total, workers=0, device="cpu", noplots=True, noautoanchor=True,
-        project=str(work), name="lockstep", exist_ok=True,
+        epochs=epochs_total, workers=0, device="cpu", noplots=True, noautoanchor=True, hyp=str(work / "hyp.yaml"),
+        min_warmup_iters=floor, project=str(work), name="lockstep", exist_ok=True,
     )  # fmt: skip
     run = setup(cfg, detect("cpu"))
+    # setup() sized warm-up for the dataset's own loader; these epochs are the fixed batches.
+    run.warmup_iters = warmup_iterations(cfg, run.hyp, len(batches[0]))
     run.model.load_state_dict(state)
     run.ema.ema.load_state_dict(state)
     for epoch, epoch_batches in enumerate(batches):
@@ -194,7 +203,12 @@ def our_updates(yaml_file: Path, state: dict, batches: list[list], img: int, epo
     return run.model, run.ema
 
 
-def update_parity(yaml_file: Path, dataset, nc: int, img: int, seed: int, per_epoch: int, epochs: int) -> dict:
+def update_parity(yaml_file: Path, dataset, nc: int, args: argparse.Namespace) -> dict:
+    """``--batches`` per epoch for ``--epochs``, with ``--warmup-epochs`` of warm-up (upstream's 3 with
+    its 100-batch floor; any other value drops the floor in both trainers, so that a short check
+    reaches the epochs after warm-up) on an LR schedule ``--schedule-epochs`` long."""
+    img, seed, per_epoch, epochs = args.img, args.seed, args.batches, args.epochs
+    warmup, schedule = args.warmup_epochs, args.schedule_epochs
     from yolodist.config.schema import Hyp
     from yolodist.data.loader import collate
 
@@ -203,19 +217,22 @@ def update_parity(yaml_file: Path, dataset, nc: int, img: int, seed: int, per_ep
         [collate([dataset[(e, int(j))] for j in order[e][k * 16 : (k + 1) * 16]]) for k in range(per_epoch)]
         for e in range(epochs)
     ]
-    hyp = Hyp().to_dict()
+    hyp = Hyp(warmup_epochs=warmup).to_dict()
+    floor = 100 if warmup == 3 else 0
     theirs = upstream_model(nc, seed)
     start = {k: v.clone() for k, v in theirs.state_dict().items()}
     control = upstream_model(nc, seed)
     with torch.no_grad():
         for p in control.parameters():
             p.mul_(1 + 1e-6 * torch.randn_like(p))
-    total = 30  # the LR schedule's length (only its first epochs run)
-    theirs, theirs_ema = upstream_updates(theirs, batches, hyp, img, total)
-    control, control_ema = upstream_updates(control, batches, hyp, img, total)
-    ours, ours_ema = our_updates(yaml_file, start, batches, img, total, ROOT / ".cache" / "parity" / "runs")
+    theirs, theirs_ema = upstream_updates(theirs, batches, hyp, img, schedule, floor)
+    control, control_ema = upstream_updates(control, batches, hyp, img, schedule, floor)
+    work = ROOT / ".cache" / "parity" / "runs"
+    ours, ours_ema = our_updates(yaml_file, start, batches, img, schedule, work, hyp, floor)
     return {
         "batches": per_epoch * epochs,
+        "warmup_epochs": warmup,
+        "schedule_epochs": schedule,
         "updates": [theirs_ema.updates, ours_ema.updates],
         "weights_rel_l2": distance(ours, theirs),
         "ema_rel_l2": distance(ours_ema.ema, theirs_ema.ema),
@@ -271,6 +288,9 @@ def augmentation_parity(images: Path, img: int, n: int) -> dict:
     }
 
 
+CHECKS = ("init", "loss_and_gradients", "updates", "augmentation")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=None, help="dataset YAML (default: built-in shapes at --img)")
@@ -279,6 +299,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batches", type=int, default=12, help="fixed batches per epoch in the lockstep check")
     parser.add_argument("--epochs", type=int, default=3, help="epochs in the lockstep check")
+    parser.add_argument("--warmup-epochs", type=float, default=3.0, help="lockstep warm-up (3: upstream's, floor 100)")
+    parser.add_argument("--schedule-epochs", type=int, default=30, help="length of the lockstep's LR schedule")
+    parser.add_argument("--checks", nargs="+", default=list(CHECKS), choices=CHECKS)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "upstream_parity.json")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -291,12 +314,13 @@ def main() -> None:
     )
     spec = load_data_spec(yaml_file)
     dataset = YoloDataset(spec.train, args.img, augment=True, seed=args.seed, workers=0)
-    out = {
-        "init": init_parity(spec.nc, args.seed),
-        "loss_and_gradients": loss_parity(dataset, spec.nc, args.img, args.seed),
-        "updates": update_parity(yaml_file, dataset, spec.nc, args.img, args.seed, args.batches, args.epochs),
-        "augmentation": augmentation_parity(Path(spec.train[0]), args.img, args.samples),
+    checks = {
+        "init": lambda: init_parity(spec.nc, args.seed),
+        "loss_and_gradients": lambda: loss_parity(dataset, spec.nc, args.img, args.seed),
+        "updates": lambda: update_parity(yaml_file, dataset, spec.nc, args),
+        "augmentation": lambda: augmentation_parity(Path(spec.train[0]), args.img, args.samples),
     }
+    out = {name: checks[name]() for name in args.checks}
     print(json.dumps(out, indent=2))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"command": " ".join(sys.argv), **out}, indent=2))
