@@ -8,10 +8,10 @@ Each configuration runs ``train.py`` (YOLOv5n from scratch, on the built-in shap
 total batch, so the configurations of one batch do the same work. With ``--device cuda`` rank i
 trains on GPU i (NCCL). Throughput is read from the trainer's "epoch N: ... images/s" lines,
 skipping the first epoch (warm-up of workers and allocators). The configurations take turns
-(1, 2, 1, 2, ...) for ``--repeats`` rounds and each is scored by its best round: a shared machine's
-background noise only ever slows a run down, and taking turns keeps a slow spell from landing on
-one configuration only. Results are printed and written to bench/results/ddp_scaling.json.
-Efficiency = throughput(N) / (N x throughput(1)) at the same total batch.
+(1, 2, 1, 2, ...) for ``--repeats`` rounds, so that a slow spell of a shared machine does not land
+on one configuration only, and each is reported by the median of its rounds with their min and
+max. Results are printed and written to bench/results/ddp_scaling.json.
+Efficiency = median throughput(N) / (N x median throughput(1)) at the same total batch.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import os
 import platform
 import re
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -105,7 +106,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=2)
     # 0: each process loads its own data in its one thread, so N processes use exactly N cores.
     parser.add_argument("--workers", type=int, default=0)
-    parser.add_argument("--repeats", type=int, default=2, help="rounds; each configuration keeps its best")
+    parser.add_argument("--repeats", type=int, default=3, help="rounds, alternating; medians are reported")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="cuda: rank i on GPU i")
     parser.add_argument("--data", type=Path, default=None, help="dataset YAML (default: the built-in shapes)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "ddp_scaling.json")
@@ -121,14 +122,23 @@ def main() -> None:
             print(f"round {i + 1}: batch {batch}, {n} rank(s): {rate:.1f} images/s", flush=True)
     results = []
     for batch, n in configs:
-        best = max(rounds[batch, n], key=lambda r: r["images_per_s"])
-        results.append({**best, "rounds_images_per_s": [round(r["images_per_s"], 2) for r in rounds[batch, n]]})
+        rates = [r["images_per_s"] for r in rounds[batch, n]]
+        results.append(
+            {
+                "ranks": n,
+                "batch": batch,
+                "images_per_s": statistics.median(rates),
+                "min_images_per_s": min(rates),
+                "max_images_per_s": max(rates),
+                "rounds": rounds[batch, n],
+            }
+        )
     for r in results:
         base = next(b for b in results if b["batch"] == r["batch"] and b["ranks"] == args.ranks[0])
         r["efficiency"] = r["images_per_s"] * base["ranks"] / (r["ranks"] * base["images_per_s"])
         print(
-            f"batch {r['batch']}, {r['ranks']} rank(s): {r['images_per_s']:.1f} images/s, "
-            f"scaling efficiency {r['efficiency']:.0%}"
+            f"batch {r['batch']}, {r['ranks']} rank(s): {r['images_per_s']:.1f} images/s "
+            f"[{r['min_images_per_s']:.1f}, {r['max_images_per_s']:.1f}], scaling efficiency {r['efficiency']:.0%}"
         )
     out = {
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),

@@ -11,9 +11,10 @@ environment bench/accuracy.py creates, which times its batch loop the way yolodi
 loop figure; the whole-command figure is the wall time of the command, start-up and validation
 included. Each figure is the median over rounds, with min and max.
 
-Variants (``--variants``, default all that apply): ``upstream``; ``yolodist`` (its defaults);
-``contiguous`` (``--no-channels-last``: the memory-format lever off); ``bf16`` (``--amp bf16``:
-bfloat16 autocast forced, also on CPUs without native bfloat16, to show what it costs there).
+Variants (``--variants``): ``upstream``; ``yolodist`` (its defaults); ``contiguous``
+(``--no-channels-last``: the memory-format lever off); ``fp32`` (``--amp off``: the precision lever
+off; by default only on CPUs with native bfloat16, where ``--amp auto`` picks bfloat16); ``bf16``
+(``--amp bf16``, forced: ask for it by name to see what emulated bfloat16 costs elsewhere).
 Results go to bench/results/train_speed.json.
 """
 
@@ -32,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import accuracy
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 RATE = re.compile(r"^epoch (\d+): (\d+) images in ([\d.]+) s \(([\d.]+) images/s\)", re.MULTILINE)
@@ -39,6 +41,7 @@ VARIANTS = {
     "upstream": None,
     "yolodist": [],
     "contiguous": ["--no-channels-last"],
+    "fp32": ["--amp", "off"],
     "bf16": ["--amp", "bf16"],
 }
 
@@ -53,14 +56,14 @@ MODELS = {
     "yolov5n": ModelSetting(n_train=512, epochs=3),
     "yolov5s": ModelSetting(n_train=256, epochs=2),  # four times the work per image
 }
-IMG, BATCH, WORKERS, N_VAL = 320, 16, 2, 128
+BATCH, WORKERS = 16, 2
 
 
-def command(variant: str, model: str, data: dict[str, Path], work: Path, epochs: int) -> tuple[list[str], dict]:
+def command(variant: str, model: str, data: dict[str, Path], work: Path, s: accuracy.Setting) -> tuple[list[str], dict]:
     project = work / "runs"
     args = ["--data", str(data["yolodist" if variant != "upstream" else "upstream"]), "--cfg", f"{model}.yaml"]
-    args += ["--weights", "", "--img", str(IMG), "--batch", str(BATCH), "--epochs", str(epochs)]
-    args += ["--workers", str(WORKERS), "--device", "cpu", "--noplots", "--project", str(project)]
+    args += ["--weights", "", "--img", str(s.img), "--batch", str(s.batch), "--epochs", str(s.epochs)]
+    args += ["--workers", str(s.workers), "--device", "cpu", "--noplots", "--project", str(project)]
     args += ["--name", f"{model}-{variant}", "--exist-ok"]
     if variant == "upstream":
         python = accuracy.upstream_python(work)
@@ -68,9 +71,9 @@ def command(variant: str, model: str, data: dict[str, Path], work: Path, epochs:
     return [sys.executable, str(ROOT / "train.py"), *args, *VARIANTS[variant]], accuracy.base_env(None)
 
 
-def run_once(variant: str, model: str, data: dict[str, Path], work: Path) -> dict:
-    epochs = MODELS[model].epochs
-    cmd, env = command(variant, model, data, work, epochs)
+def run_once(variant: str, model: str, data: dict[str, Path], work: Path, s: accuracy.Setting) -> dict:
+    epochs = s.epochs
+    cmd, env = command(variant, model, data, work, s)
     log = work / "logs" / f"{model}-{variant}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
@@ -85,6 +88,14 @@ def run_once(variant: str, model: str, data: dict[str, Path], work: Path) -> dic
     return {"images_per_s": statistics.median(loop), "epoch_images_per_s": loop, "command_s": seconds}
 
 
+def default_variants() -> list[str]:
+    """upstream, yolodist, contiguous; and fp32 where ``--amp auto`` picks bfloat16 (native bfloat16 CPUs)."""
+    from yolodist.engine.precision import native_bf16
+
+    native = native_bf16(torch.device("cpu"))
+    return ["upstream", "yolodist", "contiguous", *(["fp32"] if native else [])]
+
+
 def summary(values: list[float]) -> dict[str, float]:
     return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
@@ -92,8 +103,11 @@ def summary(values: list[float]) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", choices=sorted(MODELS), default=list(MODELS))
-    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=default_variants())
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--img", type=int, default=320)
+    parser.add_argument("--train-images", type=int, default=None, help="default: 512 (yolov5n), 256 (yolov5s)")
+    parser.add_argument("--epochs", type=int, default=None, help="default: 3 (yolov5n), 2 (yolov5s); >= 2")
     parser.add_argument("--work", type=Path, default=ROOT / ".cache" / "train_speed")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "train_speed.json")
     args = parser.parse_args()
@@ -101,13 +115,16 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     results = []
     for model in args.models:
-        s = MODELS[model]
-        setting = accuracy.Setting(img=IMG, epochs=s.epochs, n_train=s.n_train, n_val=N_VAL, workers=WORKERS, threads=0)
-        data = accuracy.datasets(f"{model}-{s.n_train}", setting, work)
+        n_train = args.train_images or MODELS[model].n_train
+        epochs = max(args.epochs or MODELS[model].epochs, 2)
+        setting = accuracy.Setting(
+            img=args.img, epochs=epochs, n_train=n_train, n_val=max(n_train // 4, 8), workers=WORKERS, threads=0
+        )
+        data = accuracy.datasets(f"{model}-{args.img}-{n_train}", setting, work)
         rounds: dict[str, list[dict]] = {v: [] for v in args.variants}
         for r in range(args.rounds):
             for variant in args.variants:
-                res = run_once(variant, model, data, work)
+                res = run_once(variant, model, data, work, setting)
                 rounds[variant].append(res)
                 print(
                     f"{model} round {r} {variant:>10}: {res['images_per_s']:.1f} images/s in the loop, "
@@ -143,7 +160,7 @@ def report(results: list[dict], args: argparse.Namespace) -> None:
         "machine": platform.machine(),
         "processor": platform.processor(),
         "cpus": os.cpu_count(),
-        "setting": {"img": IMG, "batch": BATCH, "workers": WORKERS, "models": {k: vars(v) for k, v in MODELS.items()}},
+        "setting": {"img": args.img, "batch": BATCH, "workers": WORKERS, "train_images": args.train_images},
         "results": results,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -39,6 +39,12 @@ class DistFailure(UserError):
     exit_code = 1
 
 
+class CannotSave(UserError):
+    """A checkpoint could not be written (a full disk, a lost mount, no permission); the previous one is intact."""
+
+    exit_code = 1
+
+
 class NonFiniteLoss(UserError):
     """The loss or the gradients stayed NaN/inf for many updates in a row."""
 

@@ -15,7 +15,9 @@ def test_ddp_scaling_bench_writes_its_figures(tmp_path, tiny_shapes):
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     results = json.loads(out.read_text())["results"]
     assert [(r["batch"], r["ranks"]) for r in results] == [(4, 1), (4, 2)]
-    assert all(r["images"] == 16 and r["images_per_s"] > 0 for r in results)  # the 16 training images, once
+    assert all(r["rounds"][0]["images"] == 16 for r in results)  # the 16 training images, once
+    assert all(r["min_images_per_s"] <= r["images_per_s"] <= r["max_images_per_s"] for r in results)
+    assert all(r["images_per_s"] == r["rounds"][0]["images_per_s"] > 0 for r in results)  # one round: its median
     assert results[0]["efficiency"] == 1.0 and results[1]["efficiency"] > 0
     assert "batch 4, 2 rank(s)" in proc.stdout and "scaling efficiency" in proc.stdout
 
@@ -36,3 +38,23 @@ def test_accuracy_bench_trains_scores_and_reuses_runs(tmp_path):
     # A finished run is reused: the second call trains nothing.
     again = run_script(args, cwd=tmp_path, timeout=280)
     assert again.returncode == 0 and "training yolodist" not in again.stdout
+
+
+@pytest.mark.timeout(400)
+def test_train_speed_bench_times_each_variant_and_reports_medians(tmp_path):
+    """Our trainer with and without channels-last (upstream's venv is too big for the test suite)."""
+    out = tmp_path / "speed.json"
+    args = [str(ROOT / "bench" / "train_speed.py"), "--models", "yolov5n", "--variants", "yolodist", "contiguous"]
+    args += ["--rounds", "2", "--img", "64", "--train-images", "32", "--epochs", "2"]
+    args += ["--work", str(tmp_path / "work"), "--out", str(out)]
+    proc = run_script(args, cwd=tmp_path, timeout=380)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    results = json.loads(out.read_text())["results"]
+    assert [r["variant"] for r in results] == ["yolodist", "contiguous"]
+    for r in results:
+        assert len(r["rounds"]) == 2 and all(len(x["epoch_images_per_s"]) == 1 for x in r["rounds"])  # epoch 0 left out
+        rates = [x["images_per_s"] for x in r["rounds"]]
+        assert r["images_per_s"] == {"median": sum(rates) / 2, "min": min(rates), "max": max(rates)}
+        assert r["command_s"]["min"] > 0
+    logs = {v: (tmp_path / "work" / "logs" / f"yolov5n-{v}.log").read_text() for v in ("yolodist", "contiguous")}
+    assert "channels-last tensors" in logs["yolodist"] and "contiguous (NCHW) tensors" in logs["contiguous"]

@@ -102,6 +102,40 @@ def test_disk_full_names_the_path_and_keeps_old_file(tmp_path, monkeypatch):
     assert path.read_bytes() == b"old" and leftovers(tmp_path) == []
 
 
+def test_a_write_failing_inside_torch_save_is_the_oserror_not_torchs_runtimeerror(tmp_path, monkeypatch):
+    """torch.save reports a failed write as "[enforce fail ...] PytorchStreamWriter failed writing"."""
+    path = tmp_path / "last.pt"
+    atomic_write_bytes(path, b"old")
+    real_open = open
+
+    class FullFile:
+        def __init__(self, f):
+            self.f = f
+
+        def write(self, data):
+            if self.f.tell() + len(data) > 4096:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return self.f.write(data)
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+    monkeypatch.setattr("builtins.open", lambda *a, **k: FullFile(real_open(*a, **k)))
+    with pytest.raises(OSError) as info:
+        atomic_save({"x": torch.ones(100_000)}, path)
+    monkeypatch.undo()
+    assert info.value.errno == errno.ENOSPC and not isinstance(info.value.__cause__, RuntimeError)
+    assert f"could not write {path}: No space left on device (" in str(info.value)
+    assert "MB free on the disk of" in str(info.value)
+    assert path.read_bytes() == b"old" and leftovers(tmp_path) == []
+
+
 def test_permission_error_keeps_its_kind(tmp_path, monkeypatch):
     def refuse(src, dst):
         raise PermissionError(errno.EACCES, "Permission denied")

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from yolodist.dist import collectives
 from yolodist.engine.checkpoint import build_checkpoint, save_checkpoint
 from yolodist.engine.watchdog import StopRequested
-from yolodist.errors import DistFailure, Interrupted
+from yolodist.errors import CannotSave, DistFailure, Interrupted
 from yolodist.eval.validator import ValResult
 
 if TYPE_CHECKING:
@@ -46,6 +46,22 @@ def save_epoch(run: Run, epoch: int, result: ValResult) -> None:
         save_checkpoint(ckpt, weights / f"epoch{epoch}.pt", keep_previous=False)
 
 
+def try_save_epoch(run: Run, epoch: int, result: ValResult) -> str | None:
+    """``save_epoch``; a write that fails (a full disk, ...) comes back as what to tell the user, not raised.
+
+    Every file is written atomically, so after a failure ``last.pt`` (or ``last.prev.pt``) still holds
+    the last epoch that was saved, and ``--resume`` continues from it once the cause is fixed.
+    """
+    try:
+        save_epoch(run, epoch, result)
+    except OSError as e:
+        last = run.save_dir / "weights" / "last.pt"
+        kept = f"{last} still holds the last epoch saved" if last.is_file() else "no checkpoint was saved yet"
+        resume = f"python train.py --resume {last}" if last.is_file() else "the same command"
+        return f"{e.strerror or e}. Training stopped after epoch {epoch}; {kept}. Make room, then run: {resume}"
+    return None
+
+
 def save_interrupted(run: Run, epoch: int, batches_done: int) -> None:
     """last.pt for a run stopped after ``batches_done`` batches of ``epoch`` (always an optimiser-step boundary)."""
     ckpt = make_checkpoint(run, epoch - 1, run.best_fitness, batches_done)
@@ -65,7 +81,13 @@ def interrupted(run: Run, stop: StopRequested) -> Interrupted:
     env = run.env
     path = run.save_dir / "weights" / "last.pt"
     if env.is_main and stop.needs_save and not skipping(run, stop.epoch):
-        save_interrupted(run, stop.epoch, stop.batches_done)
+        try:
+            save_interrupted(run, stop.epoch, stop.batches_done)
+        except OSError as e:  # the others learn it from the barrier below, as a failed peer
+            raise CannotSave(
+                f"{e.strerror or e}: interrupted at epoch {stop.epoch} step {stop.batches_done} without a new "
+                f"checkpoint; {path} holds the last one saved, if any"
+            ) from e
     try:
         collectives.barrier(env)  # the others leave only once the checkpoint is written
     except Exception as error:

@@ -17,10 +17,10 @@ from yolodist.engine import restarts, resume
 from yolodist.engine.inputs import network_input
 from yolodist.engine.optim import warmup
 from yolodist.engine.run import Run, setup
-from yolodist.engine.saving import interrupted, save_epoch, skipping
+from yolodist.engine.saving import interrupted, skipping, try_save_epoch
 from yolodist.engine.step import MAX_SKIPPED_UPDATES, train_step
 from yolodist.engine.watchdog import Guard, StopRequested
-from yolodist.errors import DistFailure, NonFiniteLoss
+from yolodist.errors import CannotSave, DistFailure, NonFiniteLoss
 from yolodist.eval import plots, visuals
 from yolodist.eval.validator import ValResult, ValSettings, validate
 from yolodist.utils.log import colorstr
@@ -115,9 +115,15 @@ def run_epochs(run: Run, guard: Guard) -> tuple[int, ValResult]:
             result = validate_epoch(run, final_epoch) or result
             run.best_fitness = max(run.best_fitness, result.fitness)
             run.reporter.results_row(epoch, train_losses, result, lrs)
-            stop = collectives.broadcast_object(stopper(epoch, result.fitness) if env.is_main else None, env)
-            if env.is_main and (not cfg.nosave or final_epoch or stop) and not skipping(run, epoch):
-                save_epoch(run, epoch, result)
+            stop, failed = False, None
+            if env.is_main:
+                stop = stopper(epoch, result.fitness)
+                if (not cfg.nosave or final_epoch or stop) and not skipping(run, epoch):
+                    failed = try_save_epoch(run, epoch, result)
+            # One broadcast carries both: every rank stops together, also when rank 0 could not save.
+            stop, failed = collectives.broadcast_object((stop, failed) if env.is_main else None, env)
+            if failed:
+                raise CannotSave(failed if env.is_main else f"rank {env.rank}: stopped with rank 0, which {failed}")
             if stop or final_epoch:
                 break
             # A signal that arrived during validation or saving stops here rather than an epoch later.

@@ -64,9 +64,38 @@ def _atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
         if isinstance(e, OSError) and e.errno is not None:
             # OSError(errno, ...) picks the matching subclass (PermissionError, ...), so callers can
             # still tell the cases apart; the caller decides whether a full disk stops training.
-            raise OSError(e.errno, f"could not write {path}: {e.strerror or e}") from e
+            raise OSError(e.errno, f"could not write {path}: {e.strerror or e}{free_space_note(e, path)}") from e
         raise
     _fsync_dir(path.parent)
+
+
+def free_space_note(error: OSError, path: Path) -> str:
+    """`` (N MB free on the disk of <dir>)`` for a full disk or quota, else nothing."""
+    if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+        return ""
+    try:
+        free = shutil.disk_usage(path.parent).free
+    except OSError:
+        return ""
+    return f" ({free / 2**20:.1f} MB free on the disk of {path.parent})"
+
+
+class _RecordingWriter:
+    """A file wrapper that keeps the OSError of a failed write: torch.save reports a failed write as a
+    RuntimeError of its own ("PytorchStreamWriter failed writing file ...") and drops the cause."""
+
+    def __init__(self, f: BinaryIO) -> None:
+        self.f, self.error = f, None
+
+    def write(self, data: bytes) -> int:
+        try:
+            return self.f.write(data)
+        except OSError as e:
+            self.error = e
+            raise
+
+    def __getattr__(self, name: str) -> object:  # flush, seek, tell, ...: the file's own
+        return getattr(self.f, name)
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
@@ -89,7 +118,13 @@ def atomic_save(obj: object, path: str | Path, *, _hook: Callable[[BinaryIO], No
     """
 
     def write(f: BinaryIO) -> None:
-        torch.save(obj, f)
+        writer = _RecordingWriter(f)
+        try:
+            torch.save(obj, writer)
+        except RuntimeError as e:
+            if writer.error is not None:
+                raise writer.error from e
+            raise
         if _hook is not None:
             _hook(f)
 
