@@ -223,16 +223,22 @@ def report(results: list[dict], args: argparse.Namespace) -> None:
             if rows:
                 means[trainer] = (sum(x["map50"] for x in rows) / len(rows), sum(x["map"] for x in rows) / len(rows))
                 print(f"{name:>8} mean {trainer:>9}  {means[trainer][0]:.3f} / {means[trainer][1]:.3f}")
+    write_results(args.out, {name: vars(SETTINGS[name]) for name in args.settings}, results)
+
+
+def write_results(path: Path, settings: dict, results: list[dict]) -> None:
+    """The bench's JSON: the command that made it, the machine, the settings and the results."""
     out = {
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
         "machine": platform.machine(),
+        "processor": platform.processor(),
         "cpus": os.cpu_count(),
-        "settings": {name: vars(SETTINGS[name]) for name in args.settings},
+        "settings": settings,
         "results": results,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(out, indent=2))
-    print(f"written to {args.out}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(out, indent=2))
+    print(f"written to {path}")
 
 
 if __name__ == "__main__":

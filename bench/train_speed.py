@@ -21,9 +21,6 @@ Results go to bench/results/train_speed.json.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import re
 import statistics
 import subprocess
@@ -155,17 +152,8 @@ def report(results: list[dict], args: argparse.Namespace) -> None:
             f"{r['model']:>8} {r['variant']:>10}  {i['median']:6.1f} [{i['min']:.1f}, {i['max']:.1f}]"
             f"{'':>14}{c['median']:6.0f} [{c['min']:.0f}, {c['max']:.0f}]{'':>14}{ratio}"
         )
-    out = {
-        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
-        "machine": platform.machine(),
-        "processor": platform.processor(),
-        "cpus": os.cpu_count(),
-        "setting": {"img": args.img, "batch": BATCH, "workers": WORKERS, "train_images": args.train_images},
-        "results": results,
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(out, indent=2))
-    print(f"written to {args.out}")
+    settings = {"img": args.img, "batch": BATCH, "workers": WORKERS, "train_images": args.train_images}
+    accuracy.write_results(args.out, settings, results)
 
 
 if __name__ == "__main__":
