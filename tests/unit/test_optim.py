@@ -298,6 +298,7 @@ def test_a_mid_epoch_resume_keeps_the_lr_warm_up_left():
     resumed = build_optim(model, dataclasses.replace(cfg, resume=True), Hyp(), torch.device("cpu"))
     assert restore_training(dataclasses.replace(cfg, resume=True), ckpt, resumed)[0] == 1
     assert [g["lr"] for g in resumed.optimizer.param_groups] == in_force
-    resumed.scheduler.step()
-    run.scheduler.step()
+    for optim in (resumed, run):
+        optim.optimizer.step()
+        optim.scheduler.step()
     assert [g["lr"] for g in resumed.optimizer.param_groups] == [g["lr"] for g in run.optimizer.param_groups]
