@@ -19,12 +19,23 @@ from tests.dist.test_faults import TRAIN, WRAPPER, Job, finish, launched, no_lef
 
 
 def flags(data: Path, project: Path, name: str) -> list[str]:
-    """Two epochs of 4 steps; with --nbs 8 the updates after warm-up come every 2 batches (epoch 1: steps 1, 3)."""
+    """Two epochs of 4 steps; with --nbs 8 the updates after warm-up come every 2 batches (epoch 1: steps 1, 3).
+
+    The image cache is on (in a folder of the test's own): stopped runs must remove it too.
+    """
     return [
         *("--data", str(data), "--cfg", "yolov5n.yaml", "--weights", "", "--img", "64", "--batch", "4"),
         *("--workers", "0", "--device", "cpu", "--noplots", "--nbs", "8", "--epochs", "2", "--deterministic"),
-        *("--project", str(project), "--name", name),
+        *("--project", str(project), "--name", name, "--cache", "ram"),
     ]
+
+
+@pytest.fixture
+def shm(tmp_path, monkeypatch) -> Path:
+    where = tmp_path / "shm"
+    where.mkdir()
+    monkeypatch.setenv("YOLODIST_SHM_DIR", str(where))
+    return where
 
 
 RUNTIME = ("--workers", "0", "--device", "cpu")  # not part of the run: a resume gives them anew
@@ -51,7 +62,7 @@ def check_interrupted(last: Path, output: str) -> int:
 
 
 @pytest.mark.timeout(180)
-def test_f9_ctrl_c_saves_a_checkpoint_that_resumes_exactly(tmp_path, tiny_shapes):
+def test_f9_ctrl_c_saves_a_checkpoint_that_resumes_exactly(tmp_path, tiny_shapes, shm):
     logs, runs = tmp_path / "logs", tmp_path / "runs"
     slow = [sys.executable, WRAPPER, "--fault", "slow", "--seconds", "0.5", "--"]
     with launched() as marker:
@@ -65,6 +76,7 @@ def test_f9_ctrl_c_saves_a_checkpoint_that_resumes_exactly(tmp_path, tiny_shapes
     assert cut.proc.returncode == 130, cut.output[-3000:]
     last = runs / "cut" / "weights" / "last.pt"
     check_interrupted(last, cut.output)
+    assert list(shm.iterdir()) == []  # the image cache went with the job
     with launched() as marker:
         resumed = Job([sys.executable, TRAIN, "--resume", str(last), *RUNTIME], logs, "resumed", marker, cwd=tmp_path)
         finish([resumed], timeout=90)
@@ -74,7 +86,7 @@ def test_f9_ctrl_c_saves_a_checkpoint_that_resumes_exactly(tmp_path, tiny_shapes
 
 @pytest.mark.dist
 @pytest.mark.timeout(240)
-def test_f8_sigterm_to_torchrun_stops_both_ranks_at_one_step_and_resumes_exactly(tmp_path, tiny_shapes):
+def test_f8_sigterm_to_torchrun_stops_both_ranks_at_one_step_and_resumes_exactly(tmp_path, tiny_shapes, shm):
     logs, runs = tmp_path / "logs", tmp_path / "runs"
     slow = [WRAPPER, "--fault", "slow", "--seconds", "0.5", "--"]
     with launched() as marker:
@@ -95,6 +107,7 @@ def test_f8_sigterm_to_torchrun_stops_both_ranks_at_one_step_and_resumes_exactly
     done = check_interrupted(last, output)
     assert f"rank 1: interrupted at epoch 1 step {done} together with rank 0" in output  # the same step
     assert output.count("Traceback") == 1  # the launcher's own (it was signalled); the ranks say one line each
+    assert list(shm.iterdir()) == []  # the image cache went with the job
     with launched() as marker:
         resumed = Job(
             torchrun_command(TRAIN, "--resume", str(last), *RUNTIME, nproc=2, port=free_port()), logs, "res", marker

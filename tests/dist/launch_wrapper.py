@@ -11,6 +11,9 @@ Started by torchrun as a file, once per rank::
         A test can then count per rank who scanned and who reused the cache, and who waited how long.
     launch_wrapper.py record-sizes OUT_DIR TRAIN_ARGS...
         every rank appends the (h, w) of each batch it trains on to OUT_DIR/sizes-rank<R>.txt.
+    launch_wrapper.py count-decodes OUT_DIR TRAIN_ARGS...
+        every process (ranks and their forked data workers) appends "<pid> <rank> <image path>" to
+        OUT_DIR/decodes.txt each time the dataset decodes an image file.
 
 The production code has no hooks for this: the patches live here.
 """
@@ -101,6 +104,25 @@ def _record_sizes(out_dir: Path) -> None:
         trainer.train_step = recording
 
 
+def _count_decodes(out_dir: Path) -> None:
+    from yolodist.data import dataset
+
+    original = dataset.read_image
+    log = out_dir / "decodes.txt"
+
+    @functools.wraps(original)
+    def counted(path, *args, **kwargs):
+        # One short O_APPEND write per line: lines from concurrent processes never interleave.
+        fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, f"{os.getpid()} {_rank()} {path}\n".encode())
+        finally:
+            os.close(fd)
+        return original(path, *args, **kwargs)
+
+    dataset.read_image = counted  # the dataset decodes through its own imported name
+
+
 def main(argv: list[str]) -> int:
     mode, rest = argv[0], argv[1:]
     if mode == "slow-labels":
@@ -108,6 +130,9 @@ def main(argv: list[str]) -> int:
         rest = rest[2:]
     elif mode == "record-sizes":
         _record_sizes(Path(rest[0]))
+        rest = rest[1:]
+    elif mode == "count-decodes":
+        _count_decodes(Path(rest[0]))
         rest = rest[1:]
     else:
         raise SystemExit(f"unknown mode {mode!r}")

@@ -2,17 +2,14 @@
 
 All randomness of a sample comes from ``rng_for(seed, epoch, index)``, so what the model sees does not
 depend on the number of workers or ranks. Files are read, never written, except the label cache and,
-with ``cache_images="disk"``, ``.npy`` copies of the decoded images in a ``<cache stem>_npy/`` folder
-beside the label cache (e.g. ``labels/train_npy/``), never among the user's images.
+with ``cache_images="disk"``, one image cache file beside it (``labels/train.640-linear.imcache``),
+never among the user's images. See ``imcache`` for the node-wide image cache.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import math
 import os
-import tempfile
 from collections import Counter
 from pathlib import Path
 
@@ -23,6 +20,7 @@ from torch.utils.data import Dataset
 
 from yolodist.augment.policy import TrainAugment, ValAugment
 from yolodist.config.schema import Hyp
+from yolodist.data import imcache
 from yolodist.data.cache import apply_class_limit, cache_path_for, list_image_files, load_or_scan, report
 from yolodist.data.images import read_image
 from yolodist.utils.seed import rng_for
@@ -62,6 +60,9 @@ class YoloDataset(Dataset):
     ``stats`` (counts by reason), ``skipped`` ((path, reason) per unusable image), ``batch_shapes``
     ((h, w) per batch, rect only) and ``load_failures`` (this process's count of files that broke
     after the scan and were replaced by the next loadable index).
+
+    With ``cache_images`` ("ram" or "disk"), ``prepare_cache()`` builds or opens the node's image
+    cache; until it is called every image is decoded from its file.
     """
 
     def __init__(  # noqa: PLR0913 (the upstream-shaped keyword set the engine passes)
@@ -110,8 +111,7 @@ class YoloDataset(Dataset):
             self._sort_by_aspect(pad)
         self.policy = TrainAugment(self.hyp, img_size) if augment else ValAugment(img_size)
         self.cache_images = cache_images
-        self.npy_dir = self.cache_file.parent / f"{self.cache_file.stem}_npy"
-        self._ram: dict[int, tuple[np.ndarray, tuple[int, int]]] = {}
+        self.image_cache: imcache.ImageCache | None = None
         self._failed: set[int] = set()
         self.load_failures: Counter = Counter()
 
@@ -126,45 +126,51 @@ class YoloDataset(Dataset):
         return len(self.im_files)
 
     # ------------------------------------------------------------------ loading
-    def _npy_path(self, i: int) -> Path:
-        f = self.im_files[i]
-        st = os.stat(f)  # size + mtime in the name: an edited image never reuses a stale copy
-        tag = hashlib.sha1(f"{f}\0{st.st_size}\0{st.st_mtime_ns}".encode()).hexdigest()[:16]
-        return self.npy_dir / f"{Path(f).stem}_{tag}.npy"
+    @property
+    def _interp(self) -> str:
+        return "linear" if self.augment else "area"
 
-    def _decode(self, i: int) -> np.ndarray:
-        if self.cache_images != "disk":
-            return read_image(self.im_files[i])
-        npy = self._npy_path(i)
-        try:
-            return np.load(npy, allow_pickle=False)
-        except (OSError, ValueError):
-            pass
+    def cache_plan(self) -> tuple[Path, imcache.Plan]:
+        """Where this dataset's image cache lives and its layout (``cache_images`` must be set)."""
+        plan = imcache.make_plan(self.im_files, self.shapes, self.img_size, self._interp)
+        if self.cache_images == "ram":
+            return imcache.ram_path(plan), plan
+        return imcache.disk_path(self.cache_file, self.img_size, self._interp), plan
+
+    def prepare_cache(self, build: bool = True, threads: int | None = None) -> None:
+        """Use the node's image cache: ``build`` (one process per node) reuses or makes it, and says so;
+        the other processes then open what it made, silently, or decode from the files if it made none."""
+        if self.cache_images is None or not len(self):
+            return
+        path, plan = self.cache_plan()
+        if not build:
+            self.image_cache = imcache.open_cache(path, plan)
+            return
+        threads = threads or len(os.sched_getaffinity(0))
+        in_memory = self.cache_images == "ram"
+        load = lambda i: self._decode_resize(i)[0]  # noqa: E731 (the cache stores pixels only)
+        self.image_cache = imcache.prepare(path, plan, load, in_memory=in_memory, threads=threads, prefix=self.prefix)
+
+    def _decode_resize(self, i: int) -> tuple[np.ndarray, tuple[int, int]]:
         img = read_image(self.im_files[i])
-        try:  # atomic, so a concurrent reader (another worker or rank) never sees half a file
-            npy.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=npy.parent, suffix=".tmp")
-            with os.fdopen(fd, "wb") as fh:
-                np.save(fh, img)
-            os.replace(tmp, npy)
-        except OSError as e:
-            LOGGER.warning(f"{self.prefix}cannot write image cache {npy} ({e}); decoding the image instead")
-        return img
+        h0, w0 = img.shape[:2]
+        h, w = imcache.resized_shape(h0, w0, self.img_size)
+        if (h, w) != (h0, w0):
+            # INTER_AREA gives the cleanest downscale for evaluation; training keeps upstream's LINEAR.
+            interp = cv2.INTER_LINEAR if (self.augment or h > h0) else cv2.INTER_AREA
+            img = cv2.resize(img, (w, h), interpolation=interp)
+        return img, (h0, w0)
 
     def load_image(self, i: int) -> tuple[np.ndarray, tuple[int, int]]:
-        """Image ``i`` resized so its long side is ``img_size`` (BGR) and its original (h0, w0)."""
-        if i in self._ram:
-            return self._ram[i]
-        img = self._decode(i)
-        h0, w0 = img.shape[:2]
-        r = self.img_size / max(h0, w0)
-        if r != 1:
-            # INTER_AREA gives the cleanest downscale for evaluation; training keeps upstream's LINEAR.
-            interp = cv2.INTER_LINEAR if (self.augment or r > 1) else cv2.INTER_AREA
-            img = cv2.resize(img, (math.ceil(w0 * r), math.ceil(h0 * r)), interpolation=interp)
-        if self.cache_images == "ram":
-            self._ram[i] = (img, (h0, w0))  # filled lazily, per worker process
-        return img, (h0, w0)
+        """Image ``i`` resized so its long side is ``img_size`` (BGR) and its original (h0, w0).
+
+        From the image cache the array is a read-only view: augmentations never write into it.
+        """
+        if self.image_cache is not None:
+            hit = self.image_cache.get(i)
+            if hit is not None:
+                return hit
+        return self._decode_resize(i)
 
     def _load_usable(self, i: int) -> tuple[int, np.ndarray, tuple[int, int]]:
         """Load ``i``, or, if it broke after the scan, the next index that loads (deterministically)."""

@@ -141,6 +141,9 @@ def build_data(cfg: TrainConfig, env: DistEnv, hyp: Hyp, stride: int, spec: Data
             prefix="train: ",
             **common,
         )
+    # One process per node decodes every image into the shared cache; the others map what it made.
+    with main_first(env, local=True, name="train-images"):
+        train_set.prepare_cache(build=env.is_local_main)
     sampler = ShardedBatchSampler(
         len(train_set),
         cfg.batch_size,
@@ -165,6 +168,8 @@ def build_data(cfg: TrainConfig, env: DistEnv, hyp: Hyp, stride: int, spec: Data
                 prefix="val: ",
                 **common,
             )
+        with main_first(env, local=True, name="val-images"):
+            val_set.prepare_cache(build=env.is_local_main)
         val_sampler = ShardedBatchSampler(
             len(val_set), val_batch, rank=env.rank, world=env.world_size, seed=cfg.seed, shuffle=False
         )

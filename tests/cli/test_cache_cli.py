@@ -1,0 +1,75 @@
+"""``train.py --cache ram`` when the node cannot hold the cache: one line each, and the training goes on."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.cli.test_train_cli import TINY
+from tests.conftest import ROOT, run_script
+
+
+def _train_args(tmp_path: Path, data: Path) -> list[str]:
+    project = ["--project", str(tmp_path / "runs")]
+    return [str(ROOT / "train.py"), "--data", str(data), *TINY, "--epochs", "1", *project, "--cache", "ram"]
+
+
+def _assert_trained_without_cache(proc: subprocess.CompletedProcess, tmp_path: Path, why: str) -> None:
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    lines = [line for line in out.splitlines() if "caching images" in line]
+    assert len(lines) == 2, lines  # one for the training images, one for the validation images
+    assert all("not caching images" in line and why in line for line in lines), lines
+    assert "Traceback" not in out
+    assert (tmp_path / "runs" / "exp" / "weights" / "last.pt").is_file()
+
+
+@pytest.mark.timeout(240)
+def test_a_full_shm_folder_trains_without_the_cache(tmp_path, tiny_shapes):
+    shm = tmp_path / "shm"
+    shm.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16k", "tmpfs", str(shm)], capture_output=True)
+    if mounted.returncode:
+        pytest.skip(f"cannot mount a tmpfs here ({mounted.stderr.decode().strip()}); needs root")
+    try:
+        proc = run_script(_train_args(tmp_path, tiny_shapes), cwd=tmp_path, env={"YOLODIST_SHM_DIR": str(shm)})
+        _assert_trained_without_cache(proc, tmp_path, "free")
+        assert list(shm.iterdir()) == []
+    finally:
+        subprocess.run(["umount", "-l", str(shm)], check=False)
+
+
+@pytest.mark.timeout(240)
+def test_a_node_short_of_memory_trains_without_the_cache(tmp_path, tiny_shapes):
+    """The training runs in a mount namespace whose /proc/meminfo reports 100 kB available."""
+    if shutil.which("unshare") is None:
+        pytest.skip("needs unshare (util-linux)")
+    fake = tmp_path / "meminfo"
+    fake.write_text("MemTotal:       16000000 kB\nMemFree:             100 kB\nMemAvailable:        100 kB\n")
+    probe = subprocess.run(
+        ["unshare", "-m", "sh", "-c", f"mount --bind {fake} /proc/meminfo && grep MemAvailable /proc/meminfo"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if probe.returncode or "100 kB" not in probe.stdout:
+        pytest.skip(f"cannot make a mount namespace here ({probe.stderr.strip()}); needs root")
+    shm = tmp_path / "shm"
+    shm.mkdir()
+    wrapped = ["unshare", "-m", "sh", "-c", 'mount --bind "$0" /proc/meminfo && exec "$@"', str(fake), sys.executable]
+    proc = subprocess.run(
+        [*wrapped, *_train_args(tmp_path, tiny_shapes)],
+        cwd=tmp_path,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "YOLODIST_SHM_DIR": str(shm)},
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    _assert_trained_without_cache(proc, tmp_path, "available")
+    assert list(shm.iterdir()) == []
