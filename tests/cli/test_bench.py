@@ -58,3 +58,29 @@ def test_train_speed_bench_times_each_variant_and_reports_medians(tmp_path):
         assert r["command_s"]["min"] > 0
     logs = {v: (tmp_path / "work" / "logs" / f"yolov5n-{v}.log").read_text() for v in ("yolodist", "contiguous")}
     assert "channels-last tensors" in logs["yolodist"] and "contiguous (NCHW) tensors" in logs["contiguous"]
+
+
+@pytest.mark.timeout(240)
+def test_input_pipeline_bench_times_loaders_and_measures_training_memory(tmp_path):
+    """Our loader with and without the RAM cache, and one process's training memory (no upstream venv here)."""
+    out = tmp_path / "pipeline.json"
+    args = [str(ROOT / "bench" / "input_pipeline.py"), "--images", "16", "--source-size", "96", "--sizes", "96"]
+    args += ["--workers", "0", "--batches", "2", "--rounds", "1", "--no-upstream"]
+    args += ["--memory-img", "96", "--memory-ranks", "1", "--work", str(tmp_path / "work"), "--out", str(out)]
+    proc = run_script(args, cwd=tmp_path, timeout=220)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    results = json.loads(out.read_text())["results"]
+    speed = [r for r in results if r["part"] == "speed"]
+    assert [(r["img"], r["workers"], r["cache"]) for r in speed] == [(96, 0, None), (96, 0, "ram")]
+    for r in speed:
+        assert r["upstream"] is None and r["ratio"] is None
+        (run,) = r["rounds"]["yolodist"]
+        assert run["images"] == 32 and run["images_per_s"] > 0  # 2 timed batches of 16
+        assert r["yolodist"] == {"median": run["images_per_s"], "min": run["images_per_s"], "max": run["images_per_s"]}
+    memory = [r for r in results if r["part"] == "memory"]
+    assert [(r["ranks"], r["cache"]) for r in memory] == [(1, None), (1, "ram")]
+    assert all(r["peak_pss_mib"] > 50 and r["processes_at_peak"] >= 1 and r["samples"] >= 1 for r in memory)
+    assert all(r["mapped_tmpfs_mib"] >= 0 for r in memory)
+    (size,) = [r for r in results if r["part"] == "memory_cache_size"]
+    assert 0 < size["mib"]["train"] <= 16 * 96 * 96 * 3 / 2**20 and size["mib"]["val"] > 0
+    assert "images/s median" in proc.stdout and "peak PSS" in proc.stdout

@@ -1,0 +1,142 @@
+"""Images/s of one training dataloader, yolodist's or upstream YOLOv5 7.0's, printed as one JSON line.
+
+    PYTHON bench/loader_rate.py --impl yolodist|upstream --images DIR --img 640 [--batch 16]
+                                [--workers 2] [--cache] [--batches 20] [--warmup 1]
+
+bench/input_pipeline.py runs this once per measurement, with upstream's virtual environment's Python
+for ``--impl upstream`` (that environment has no yolodist, so each side imports only its own code).
+Both loaders are built as their trainer builds the training loader: augmentation on, mosaic, the
+hyperparameters of hyp.scratch-low, shuffled, ``--workers`` worker processes (0: in this process),
+and with ``--cache`` the RAM image cache (yolodist's ``cache_images="ram"`` made by the dataset's
+``prepare_cache()``, upstream's ``cache='ram'``), filled before the loader starts and not timed.
+The loader is iterated endlessly over epochs, as training does; ``--warmup`` batches are taken first
+(worker start-up), then ``--batches`` are timed.
+
+Threads: OpenCV runs sequentially (``cv2.setNumThreads(0)``, upstream's own choice at import) and
+torch on one thread in this process; DataLoader workers always run torch on one thread and keep
+OpenCV's setting (yolodist's workers set it again). So every process of either side computes on one
+thread, and a run with 0 workers measures one core.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import cv2
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def yolodist_loader(args: argparse.Namespace) -> tuple[Iterator, int, float]:
+    """yolodist's training loader as yolodist/engine/build.py makes it (one rank), iterated over epochs.
+
+    Returns the batches, the worker count the loader chose and the seconds it took to build (imports not included).
+    """
+    sys.path.insert(0, str(ROOT))
+    from yolodist.config.io import load_hyp
+    from yolodist.data.dataset import YoloDataset
+    from yolodist.data.loader import build_loader
+    from yolodist.data.sampler import ShardedBatchSampler
+
+    started = time.perf_counter()
+    hyp = load_hyp("hyp.scratch-low.yaml")
+    dataset = YoloDataset(
+        [args.images],
+        args.img,
+        augment=True,
+        hyp=hyp,
+        batch_size=args.batch,
+        cache_images="ram" if args.cache else None,
+        seed=0,
+        workers=args.workers,
+        prefix="train: ",
+    )
+    prepare = getattr(dataset, "prepare_cache", None)
+    if args.cache and prepare is not None:  # the node-wide cache is made (or opened) by this call, as the trainer does
+        prepare()
+    sampler = ShardedBatchSampler(len(dataset), args.batch, rank=0, world=1, seed=0, shuffle=True)
+    loader = build_loader(dataset, sampler, workers=args.workers)
+
+    def endless() -> Iterator:
+        epoch = 0
+        while True:
+            sampler.set_epoch(epoch)
+            yield from loader
+            epoch += 1
+
+    return endless(), loader.num_workers, time.perf_counter() - started
+
+
+def upstream_loader(args: argparse.Namespace) -> tuple[Iterator, int, float]:
+    """Upstream's training loader as its train.py makes it (single process, rank -1); as ``yolodist_loader``."""
+    import yaml
+    import yolov5
+    from yolov5.utils.dataloaders import create_dataloader
+
+    started = time.perf_counter()
+    hyp = yaml.safe_load((Path(yolov5.__file__).parent / "data" / "hyps" / "hyp.scratch-low.yaml").read_text())
+    loader, _ = create_dataloader(
+        str(args.images),
+        args.img,
+        args.batch,
+        32,
+        hyp=hyp,
+        augment=True,
+        cache="ram" if args.cache else None,
+        rank=-1,
+        workers=args.workers,
+        prefix="train: ",
+        shuffle=True,
+        seed=0,
+    )
+
+    def endless() -> Iterator:
+        while True:  # its InfiniteDataLoader keeps one underlying iterator: each pass continues it
+            yield from loader
+
+    return endless(), loader.num_workers, time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--impl", choices=("yolodist", "upstream"), required=True)
+    parser.add_argument("--images", type=Path, required=True, help="folder of training images (labels beside)")
+    parser.add_argument("--img", type=int, default=640)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--cache", action="store_true", help="the RAM image cache")
+    parser.add_argument("--batches", type=int, default=20, help="timed batches")
+    parser.add_argument("--warmup", type=int, default=1, help="batches before the timing starts")
+    args = parser.parse_args()
+    cv2.setNumThreads(0)
+    torch.set_num_threads(1)
+    batches, workers, setup = (yolodist_loader if args.impl == "yolodist" else upstream_loader)(args)
+    started = time.perf_counter()
+    for _ in range(args.warmup):
+        next(batches)
+    warmed = time.perf_counter()
+    images = 0
+    for _ in range(args.batches):
+        images += int(next(batches)[0].shape[0])
+    seconds = time.perf_counter() - warmed
+    result = {
+        "impl": args.impl,
+        "images_per_s": images / seconds,
+        "images": images,
+        "seconds": seconds,
+        "setup_s": setup,  # dataset scan and loader; a RAM cache made before the first batch fills here
+        "warmup_s": warmed - started,
+        "workers": workers,
+        "versions": {"torch": torch.__version__, "cv2": cv2.__version__},
+    }
+    print(json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main()
