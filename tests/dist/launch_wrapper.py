@@ -107,20 +107,24 @@ def _record_sizes(out_dir: Path) -> None:
 def _count_decodes(out_dir: Path) -> None:
     from yolodist.data import dataset
 
-    original = dataset.read_image
     log = out_dir / "decodes.txt"
 
-    @functools.wraps(original)
-    def counted(path, *args, **kwargs):
-        # One short O_APPEND write per line: lines from concurrent processes never interleave.
-        fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
-            os.write(fd, f"{os.getpid()} {_rank()} {path}\n".encode())
-        finally:
-            os.close(fd)
-        return original(path, *args, **kwargs)
+    def counting(original):
+        @functools.wraps(original)
+        def counted(path, *args, **kwargs):
+            # One short O_APPEND write per line: lines from concurrent processes never interleave.
+            fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                os.write(fd, f"{os.getpid()} {_rank()} {path}\n".encode())
+            finally:
+                os.close(fd)
+            return original(path, *args, **kwargs)
 
-    dataset.read_image = counted  # the dataset decodes through its own imported name
+        return counted
+
+    # The dataset decodes through its own imported names (the strict and the fast decoder).
+    dataset.read_image = counting(dataset.read_image)
+    dataset.read_verified = counting(dataset.read_verified)
 
 
 def main(argv: list[str]) -> int:

@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 from yolodist.config.schema import Hyp
+from yolodist.data import dataset as dataset_module
 from yolodist.data.dataset import YoloDataset, rect_batch_shapes
 from yolodist.data.loader import build_loader
 from yolodist.data.sampler import ShardedBatchSampler
@@ -127,3 +128,28 @@ def test_broken_after_scan_is_substituted(src, caplog, damage):
         for i in (3, 4):
             assert not ds_aug[(e, i)][2].endswith("4.png")
     assert ds_aug.load_failures
+
+
+def test_a_jpeg_truncated_after_the_scan_is_not_trained_on(tmp_path, caplog, monkeypatch):
+    """cv2.imread decodes half a JPEG as a grey-filled image without a word (RELIABILITY.md finding 7):
+    files unchanged since the scan take the fast cv2 decoder, a changed one the strict decoder."""
+    (tmp_path / "images").mkdir()
+    (tmp_path / "labels").mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(tmp_path / "images" / f"{i}.jpg")
+        (tmp_path / "labels" / f"{i}.txt").write_text("0 0.5 0.5 0.2 0.2\n")
+    ds = YoloDataset([tmp_path / "images"], 64, augment=False)
+    used = []
+    for name in ("read_image", "read_verified"):
+        original = getattr(dataset_module, name)
+        monkeypatch.setattr(dataset_module, name, lambda f, _o=original, _n=name: used.append((_n, f)) or _o(f))
+    ds[1]
+    assert [n for n, _ in used] == ["read_verified"]
+    used.clear()
+    victim = tmp_path / "images" / "2.jpg"
+    victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])
+    with caplog.at_level(logging.WARNING):
+        path = ds[2][2]
+    assert path.endswith("3.jpg") and "truncated" in caplog.text and sum(ds.load_failures.values()) == 1
+    assert used[0] == ("read_image", str(victim)) and used[1][0] == "read_verified"

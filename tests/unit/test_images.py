@@ -135,3 +135,20 @@ def test_scan_never_modifies_user_files(tmp_path):
     assert reasons[str(tmp_path / "trunc.jpg")] == "truncated"
     assert reasons[str(tmp_path / "zero.jpg")] == "zero-byte"
     assert reasons[str(tmp_path / "trailing.jpg")] == "" and reasons[str(tmp_path / "ok.jpg")] == ""
+
+
+@pytest.mark.parametrize("fmt", ["jpeg", "png", "webp", "bmp"])
+@pytest.mark.parametrize("mode", ["RGB", "L", "P", "RGBA", "I;16"])
+def test_the_fast_decoder_gives_the_strict_decoders_pixels(tmp_path, fmt, mode):
+    if mode not in {"RGB", "L"} and fmt in {"jpeg", "webp", "bmp"}:
+        pytest.skip(f"{fmt} does not store {mode}")
+    for orientation in range(1, 9):
+        rgb = Image.fromarray(_noise(20, 30, seed=orientation))
+        im = rgb.convert(mode) if mode != "I;16" else Image.fromarray(_noise(20, 30)[..., 0].astype(np.uint16) * 200)
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        p = tmp_path / f"o{orientation}.{fmt}"
+        im.save(p, exif=exif) if fmt != "bmp" else im.save(p)
+        strict, fast = read_image(p), images.read_verified(p)
+        assert strict.shape == fast.shape and np.array_equal(strict, fast), (orientation, strict.shape, fast.shape)
+        assert fast.flags.c_contiguous and fast.dtype == np.uint8

@@ -22,7 +22,7 @@ from yolodist.augment.policy import TrainAugment, ValAugment
 from yolodist.config.schema import Hyp
 from yolodist.data import imcache
 from yolodist.data.cache import apply_class_limit, cache_path_for, list_image_files, load_or_scan, report
-from yolodist.data.images import read_image
+from yolodist.data.images import read_image, read_verified
 from yolodist.utils.seed import rng_for
 
 LOGGER = logging.getLogger(__name__)
@@ -47,6 +47,14 @@ def rect_batch_shapes(wh: np.ndarray, batch_size: int, img_size: int, stride: in
         elif lo > 1:
             shapes[i] = [1, 1 / lo]
     return np.ceil(shapes * img_size / stride + pad).astype(int) * stride
+
+
+def _stamp(path: str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_size, st.st_mtime_ns
 
 
 class YoloDataset(Dataset):
@@ -112,6 +120,8 @@ class YoloDataset(Dataset):
         self.policy = TrainAugment(self.hyp, img_size) if augment else ValAugment(img_size)
         self.cache_images = cache_images
         self.image_cache: imcache.ImageCache | None = None
+        # (size, mtime) of each file as scanned: an unchanged file may take the fast decoder.
+        self._stamps = [_stamp(f) for f in self.im_files]
         self._failed: set[int] = set()
         self.load_failures: Counter = Counter()
 
@@ -152,7 +162,10 @@ class YoloDataset(Dataset):
         self.image_cache = imcache.prepare(path, plan, load, in_memory=in_memory, threads=threads, prefix=self.prefix)
 
     def _decode_resize(self, i: int) -> tuple[np.ndarray, tuple[int, int]]:
-        img = read_image(self.im_files[i])
+        f = self.im_files[i]
+        stamp = _stamp(f)
+        # A file changed since the scan goes through the strict decoder (it reports truncation).
+        img = read_verified(f) if stamp is not None and stamp == self._stamps[i] else read_image(f)
         h0, w0 = img.shape[:2]
         h, w = imcache.resized_shape(h0, w0, self.img_size)
         if (h, w) != (h0, w0):

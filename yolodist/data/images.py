@@ -4,14 +4,20 @@ Why PIL and not ``cv2.imread``: cv2 silently decodes a truncated JPEG as a grey-
 will happily decode a 20000x20000 "decompression bomb" into 1.2 GB. PIL raises on truncation when the
 full image is loaded, reports the size before decoding, and ``exif_transpose`` applies the camera
 orientation. Files are only ever read, never rewritten.
+
+Once the scan has verified a file and it has not changed since, ``read_verified`` decodes plain
+8-bit JPEG/PNG/BMP/WebP with cv2 instead (the same pixels, measured bit for bit on JPEGs, at a
+third of the time: PIL's array conversion costs as much as its decode).
 """
 
 from __future__ import annotations
 
+import io
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -137,3 +143,41 @@ def read_image(path: str | Path) -> np.ndarray:
         except (OSError, ValueError) as e:
             raise ImageReadError(path, "unreadable") from e
     return np.ascontiguousarray(rgb[..., ::-1])
+
+
+# cv2 decodes these formats in these modes to the same 8-bit BGR pixels as the PIL path.
+_CV2_FORMATS = ("JPEG", "PNG", "BMP", "WEBP", "MPO")
+_CV2_MODES = ("RGB", "L")
+_CV2_FLAGS = cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION
+
+
+def _orient(img: np.ndarray, orientation: int) -> np.ndarray:
+    """Apply an EXIF orientation (2..8) to an HxWxC array, as ``ImageOps.exif_transpose`` does."""
+    if orientation in (2, 3, 4):
+        return np.ascontiguousarray({2: img[:, ::-1], 3: img[::-1, ::-1], 4: img[::-1]}[orientation])
+    if orientation in (5, 6, 7, 8):
+        t = img.transpose(1, 0, 2)
+        return np.ascontiguousarray({5: t, 6: t[:, ::-1], 7: t[::-1, ::-1], 8: t[::-1]}[orientation])
+    return img
+
+
+def read_verified(path: str | Path) -> np.ndarray:
+    """``read_image`` for a file the scan fully decoded and that has not changed since.
+
+    The header is read with PIL (format, mode, orientation: microseconds); plain 8-bit images are
+    decoded by cv2, everything else (16-bit, palette, CMYK, alpha...) by ``read_image``. cv2 does not
+    report truncation, hence "verified": callers check the file is the one the scan decoded.
+    """
+    try:
+        data = Path(path).read_bytes()
+        with Image.open(io.BytesIO(data)) as im:
+            simple = im.format in _CV2_FORMATS and im.mode in _CV2_MODES
+            size, orientation = im.size, _orientation(im)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+        return read_image(path)  # the strict path says what is wrong with it
+    if not simple:
+        return read_image(path)
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), _CV2_FLAGS)
+    if img is None or img.shape[:2] != (size[1], size[0]):
+        return read_image(path)
+    return _orient(img, orientation)
