@@ -2,7 +2,8 @@
 
     python bench/input_pipeline.py [--parts speed memory] [--images 256] [--source-size 640]
                                    [--sizes 320 640] [--workers 2] [--batches 20] [--rounds 3]
-                                   [--memory-ranks 1 2] [--no-upstream] [--work DIR] [--out JSON]
+                                   [--memory-ranks 1 2] [--memory-rounds 3] [--no-upstream]
+                                   [--work DIR] [--out JSON]
 
 Data: the built-in shapes data, ``--images`` training images of ``--source-size`` px JPEG, generated
 once under ``--work`` and copied once per side (bench/accuracy.py's ``datasets``), so both read the
@@ -273,17 +274,23 @@ def cache_mib(images: Path, img: int) -> float:
 
 
 def measure_memory(data: Path, args: argparse.Namespace) -> list[dict]:
+    """Every configuration once per round, in turn (a peak moves with timing: report the median)."""
     results = []
+    for r in range(args.memory_rounds):
+        for ranks in args.memory_ranks:
+            for cache in (False, True) if r % 2 == 0 else (True, False):
+                res = train_memory(ranks, cache, data, args) | {"round": r}
+                results.append(res)
+                print(
+                    f"round {r} memory {ranks} rank(s), {'--cache ram' if cache else 'no cache':>11}: peak PSS "
+                    f"{res['peak_pss_mib']:.0f} MiB ({res['processes_at_peak']} processes; shared-memory files "
+                    f"mapped: {res['mapped_tmpfs_mib']:.0f} MiB), {res['command_s']:.0f} s",
+                    flush=True,
+                )
     for ranks in args.memory_ranks:
-        for cache in (False, True):
-            res = train_memory(ranks, cache, data, args)
-            results.append(res)
-            print(
-                f"memory {ranks} rank(s), {'--cache ram' if cache else 'no cache':>11}: peak PSS "
-                f"{res['peak_pss_mib']:.0f} MiB ({res['processes_at_peak']} processes; shared-memory files mapped: "
-                f"{res['mapped_tmpfs_mib']:.0f} MiB), {res['command_s']:.0f} s",
-                flush=True,
-            )
+        for cache in (None, "ram"):
+            peaks = [m["peak_pss_mib"] for m in results if m["ranks"] == ranks and m["cache"] == cache]
+            results.append({"part": "memory_summary", "ranks": ranks, "cache": cache, "peak_pss_mib": summary(peaks)})
     root = data.parent / "images"
     sizes = {split: cache_mib(root / split, args.memory_img) for split in ("train", "val")}
     results.append({"part": "memory_cache_size", "img": args.memory_img, "mib": sizes})
@@ -305,14 +312,14 @@ def report(results: list[dict], args: argparse.Namespace, upstream: Path | None)
                 cells.append(f"{s['median']:7.1f} [{s['min']:.1f}, {s['max']:.1f}]" if s else "-")
             ratio = f"{r['ratio']:.2f}x" if r["ratio"] else "-"
             print(f"{variant_name(r['img'], r['workers'], r['cache']):>16}  {cells[0]:>24}  {cells[1]:>24}  {ratio}")
-    memory = [r for r in results if r["part"] == "memory"]
+    memory = [r for r in results if r["part"] == "memory_summary"]
     if memory:
-        print(f"\npeak PSS of the whole training, MiB (--img {args.memory_img}, batch {MEMORY_BATCH})")
+        where = f"--img {args.memory_img}, batch {MEMORY_BATCH}"
+        print(f"\npeak PSS of the whole training, MiB, median [min, max] ({where})")
         for r in memory:
-            print(
-                f"{r['ranks']} rank(s) {'--cache ram' if r['cache'] else 'no cache':>11}: {r['peak_pss_mib']:8.0f}"
-                f"   (shared-memory files mapped: {r['mapped_tmpfs_mib']:.0f})"
-            )
+            s = r["peak_pss_mib"]
+            label = "--cache ram" if r["cache"] else "no cache"
+            print(f"{r['ranks']} rank(s) {label:>11}: {s['median']:8.0f} [{s['min']:.0f}, {s['max']:.0f}]")
         size = next(r for r in results if r["part"] == "memory_cache_size")["mib"]
         print(f"the cache's own size: train {size['train']:.0f} MiB, val {size['val']:.0f} MiB")
     settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
@@ -335,6 +342,7 @@ def main() -> None:
     parser.add_argument("--upstream-venv", type=Path, default=ROOT / ".cache" / "accuracy" / "upstream-venv")
     parser.add_argument("--memory-img", type=int, default=640)
     parser.add_argument("--memory-ranks", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--memory-rounds", type=int, default=3, help="alternating rounds of the memory runs")
     parser.add_argument("--work", type=Path, default=ROOT / ".cache" / "input_pipeline", help="data, logs, runs")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "input_pipeline.json")
     args = parser.parse_args()

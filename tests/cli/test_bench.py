@@ -66,7 +66,8 @@ def test_input_pipeline_bench_times_loaders_and_measures_training_memory(tmp_pat
     out = tmp_path / "pipeline.json"
     args = [str(ROOT / "bench" / "input_pipeline.py"), "--images", "16", "--source-size", "96", "--sizes", "96"]
     args += ["--workers", "0", "--batches", "2", "--rounds", "1", "--no-upstream"]
-    args += ["--memory-img", "96", "--memory-ranks", "1", "--work", str(tmp_path / "work"), "--out", str(out)]
+    args += ["--memory-img", "96", "--memory-ranks", "1", "--memory-rounds", "1"]
+    args += ["--work", str(tmp_path / "work"), "--out", str(out)]
     proc = run_script(args, cwd=tmp_path, timeout=220)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     results = json.loads(out.read_text())["results"]
@@ -81,6 +82,9 @@ def test_input_pipeline_bench_times_loaders_and_measures_training_memory(tmp_pat
     assert [(r["ranks"], r["cache"]) for r in memory] == [(1, None), (1, "ram")]
     assert all(r["peak_pss_mib"] > 50 and r["processes_at_peak"] >= 1 and r["samples"] >= 1 for r in memory)
     assert all(r["mapped_tmpfs_mib"] >= 0 for r in memory)
+    summaries = [r for r in results if r["part"] == "memory_summary"]
+    assert [(r["ranks"], r["cache"]) for r in summaries] == [(1, None), (1, "ram")]
+    assert all(r["peak_pss_mib"]["min"] <= r["peak_pss_mib"]["median"] <= r["peak_pss_mib"]["max"] for r in summaries)
     (size,) = [r for r in results if r["part"] == "memory_cache_size"]
     assert 0 < size["mib"]["train"] <= 16 * 96 * 96 * 3 / 2**20 and size["mib"]["val"] > 0
     assert "images/s median" in proc.stdout and "peak PSS" in proc.stdout
