@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -133,9 +134,9 @@ def test_flips_box_follows():
     img, px = scene(80, 120, [(10, 5, 50, 30)])
     labels = px.copy()
     labels[:, 1:] = xyxy2xywhn(px[:, 1:], 120, 80)
-    for flip in (fliplr, flipud):
+    for flip, mirrored in ((fliplr, img[:, ::-1]), (flipud, img[::-1])):
         out, lb = flip(img, labels)
-        assert out.flags.c_contiguous
+        assert out.flags.c_contiguous and np.array_equal(out, mirrored)
         assert_boxes_follow(out, to_xyxy(out, lb))
     assert labels[0, 1] == pytest.approx(30 / 120)  # inputs untouched
 
@@ -182,6 +183,23 @@ def test_train_preset_without_mosaic_and_val_preset():
     assert_boxes_follow(img, to_xyxy(img, lb))
     img, _, _ = ValAugment(64, rect_shape=(64, 96))(0, _loader())
     assert img.shape == (64, 96, 3)
+
+
+def _hsv_plane_by_plane(img, rng, gains):
+    """The jitter written out plane by plane (split, one table each, merge): the reference."""
+    r = rng.uniform(-1, 1, 3) * gains + 1
+    hue, sat, val = cv2.split(cv2.cvtColor(img, cv2.COLOR_BGR2HSV))
+    x = np.arange(0, 256, dtype=r.dtype)
+    tables = ((x * r[0]) % 180, np.clip(x * r[1], 0, 255), np.clip(x * r[2], 0, 255))
+    planes = [cv2.LUT(p, t.astype(np.uint8)) for p, t in zip((hue, sat, val), tables, strict=True)]
+    return cv2.cvtColor(cv2.merge(planes), cv2.COLOR_HSV2BGR)
+
+
+def test_hsv_matches_the_plane_by_plane_reference():
+    img = np.random.default_rng(1).integers(0, 255, (40, 50, 3), dtype=np.uint8)
+    for seed in range(5):
+        ours = augment_hsv(img.copy(), np.random.default_rng(seed), 0.015, 0.7, 0.4)
+        np.testing.assert_array_equal(ours, _hsv_plane_by_plane(img, np.random.default_rng(seed), [0.015, 0.7, 0.4]))
 
 
 def test_hsv_deterministic_and_zero_gain_noop():

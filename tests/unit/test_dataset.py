@@ -49,7 +49,7 @@ def test_val_sample_format_and_box(src):
     ds = YoloDataset([src], 64, augment=False, nc=3)
     assert len(ds) == 8 and ds.shapes.shape == (8, 2) and ds.shapes[0].tolist() == [40, 64]
     img, lb, path, shapes = ds[3]
-    assert img.dtype == torch.uint8 and img.shape == (3, 64, 64) and img.is_contiguous()
+    assert img.dtype == torch.uint8 and img.shape == (3, 64, 64) and img.permute(1, 2, 0).is_contiguous()  # HWC memory
     assert lb.shape == (1, 6) and lb.dtype == torch.float32 and lb[0, 0] == 0 and lb[0, 1] == 0
     assert path.endswith("3.png") and shapes[0] == (46, 64)
     cx, cy, w, h = lb[0, 2:].tolist()

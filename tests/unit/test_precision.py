@@ -71,9 +71,10 @@ def test_bad_amp_mode_is_a_flag_error():
         TrainConfig(amp="half")
 
 
+@pytest.mark.parametrize("batch_layout", [torch.contiguous_format, torch.channels_last])
 @pytest.mark.parametrize("channels_last", [True, False])
-def test_network_input_has_the_configured_layout(channels_last):
-    imgs = torch.randint(0, 255, (2, 3, 64, 64), dtype=torch.uint8)
+def test_network_input_has_the_configured_layout(channels_last, batch_layout):
+    imgs = torch.randint(0, 255, (2, 3, 64, 64), dtype=torch.uint8).contiguous(memory_format=batch_layout)
     x = network_input(imgs, CPU, TrainConfig(channels_last=channels_last), 32, 0, 0)
     assert x.is_contiguous(memory_format=torch.channels_last) == channels_last
     assert x.is_contiguous() != channels_last

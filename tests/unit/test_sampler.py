@@ -95,6 +95,16 @@ def test_collate_adds_image_index():
     assert lb[0, 0] == 0  # inputs untouched
 
 
+def test_collate_stacks_channels_last_with_the_same_values():
+    hwc = torch.randint(0, 255, (4, 6, 8, 3), dtype=torch.uint8)
+    chw_views = [x.permute(2, 0, 1) for x in hwc]  # what the dataset gives: [3, H, W] over HWC memory
+    plain = [x.contiguous() for x in chw_views]
+    for samples in (chw_views, plain, [chw_views[0], plain[1], chw_views[2], plain[3]]):
+        imgs = collate([(im, torch.zeros((0, 6)), "p", None) for im in samples])[0]
+        assert imgs.shape == (4, 3, 6, 8) and imgs.is_contiguous(memory_format=torch.channels_last)
+        assert torch.equal(imgs, torch.stack(plain))
+
+
 def test_num_workers_is_capped():
     assert num_workers(8, 1) == 0
     assert num_workers(8, 2) <= 2 and num_workers(0, 16) == 0

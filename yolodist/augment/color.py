@@ -16,11 +16,12 @@ def augment_hsv(
     if not (hgain or sgain or vgain):
         return img
     r = rng.uniform(-1, 1, 3) * [hgain, sgain, vgain] + 1
-    hue, sat, val = cv2.split(cv2.cvtColor(img, cv2.COLOR_BGR2HSV))
+    hsv = cv2.cvtColor(img, cv2.COLOR_BGR2HSV)
     x = np.arange(0, 256, dtype=r.dtype)
     lut_hue = ((x * r[0]) % 180).astype(np.uint8)  # OpenCV's 8-bit hue wraps at 180
     lut_sat = np.clip(x * r[1], 0, 255).astype(np.uint8)
     lut_val = np.clip(x * r[2], 0, 255).astype(np.uint8)
-    hsv = cv2.merge((cv2.LUT(hue, lut_hue), cv2.LUT(sat, lut_sat), cv2.LUT(val, lut_val)))
-    cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR, dst=img)
+    # One 3-channel table (channel c through table c): no split and merge of the planes.
+    table = np.stack([lut_hue, lut_sat, lut_val], axis=-1).reshape(1, 256, 3)
+    cv2.cvtColor(cv2.LUT(hsv, table), cv2.COLOR_HSV2BGR, dst=img)
     return img

@@ -136,11 +136,11 @@ def fliplr(img: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     """Mirror left-right; ``labels`` normalised ``[n, 5]`` (cls, cx, cy, w, h). Returns new arrays."""
     labels = labels.copy()
     labels[:, 1] = 1 - labels[:, 1]
-    return np.ascontiguousarray(img[:, ::-1]), labels
+    return cv2.flip(img, 1), labels  # a contiguous copy, several times faster than numpy's strided one
 
 
 def flipud(img: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Mirror top-bottom; ``labels`` normalised ``[n, 5]`` (cls, cx, cy, w, h). Returns new arrays."""
     labels = labels.copy()
     labels[:, 2] = 1 - labels[:, 2]
-    return np.ascontiguousarray(img[::-1]), labels
+    return cv2.flip(img, 0), labels

@@ -60,7 +60,7 @@ def _stamp(path: str) -> tuple[int, int] | None:
 class YoloDataset(Dataset):
     """Images and YOLO labels from ``sources`` (folders, ``.txt`` lists or images).
 
-    ``dataset[(epoch, i)]`` (or ``dataset[i]`` = epoch 0) -> (img uint8 ``[3, H, W]`` RGB, labels
+    ``dataset[(epoch, i)]`` (or ``dataset[i]`` = epoch 0) -> (img uint8 ``[3, H, W]`` RGB in HWC memory, labels
     float32 ``[n, 6]`` = (0, cls, cx, cy, w, h) normalised to img, path, shapes) where shapes is
     ((h0, w0), ((h / h0, w / w0), (padw, padh))) or ``None`` for a mosaic.
 
@@ -221,5 +221,7 @@ class YoloDataset(Dataset):
         out = torch.zeros((len(labels), 6), dtype=torch.float32)
         if len(labels):
             out[:, 1:] = torch.from_numpy(np.asarray(labels, dtype=np.float32))
-        chw = np.ascontiguousarray(img.transpose(2, 0, 1)[::-1])  # HWC BGR -> CHW RGB
-        return torch.from_numpy(chw), out, self.im_files[actual], shapes
+        # [3, H, W] RGB over HWC memory (channels-last): no transposition here, and collate stacks the
+        # batch channels-last, the layout the model trains in.
+        rgb = cv2.cvtColor(np.ascontiguousarray(img), cv2.COLOR_BGR2RGB)
+        return torch.from_numpy(rgb).permute(2, 0, 1), out, self.im_files[actual], shapes

@@ -18,8 +18,8 @@ from yolodist.data.sampler import ShardedBatchSampler
 def collate(batch: Sequence[tuple]) -> tuple[torch.Tensor, torch.Tensor, tuple, tuple]:
     """Samples (img uint8 ``[3, H, W]``, labels ``[n, 6]``, path, shapes) -> batch.
 
-    Returns (imgs uint8 ``[B, 3, H, W]``, targets float32 ``[N, 6]`` = (image index in batch, cls, cx,
-    cy, w, h), paths, shapes).
+    Returns (imgs uint8 ``[B, 3, H, W]`` in channels-last memory, targets float32 ``[N, 6]`` = (image index
+    in batch, cls, cx, cy, w, h), paths, shapes).
     """
     imgs, labels, paths, shapes = zip(*batch, strict=True)
     targets = []
@@ -27,7 +27,10 @@ def collate(batch: Sequence[tuple]) -> tuple[torch.Tensor, torch.Tensor, tuple, 
         lb = lb.clone()
         lb[:, 0] = i  # which image of the batch each box belongs to
         targets.append(lb)
-    return torch.stack(imgs, 0), torch.cat(targets, 0), tuple(paths), tuple(shapes)
+    # Stacked in HWC memory: a plain copy of each sample (samples come channels-last), and the batch is
+    # the channels-last NCHW tensor the model wants. Any input layout gives the same values.
+    batch = torch.stack([im.permute(1, 2, 0) for im in imgs], 0).permute(0, 3, 1, 2)
+    return batch, torch.cat(targets, 0), tuple(paths), tuple(shapes)
 
 
 def seed_worker(worker_id: int) -> None:
