@@ -179,3 +179,40 @@ def test_training_flags_work_together(tmp_path, tiny_shapes):
     rows = list(csv.reader(open(run / "results.csv")))
     assert len(rows) == 3
     assert float(rows[1][6]) == 0.0 and float(rows[2][6]) >= 0.0  # --noval: only the final epoch validated
+
+
+# Every flag of upstream YOLOv5 v7.0's train.py, with a value where it takes one.
+UPSTREAM_TRAIN_FLAGS = [
+    ["--weights", "x.pt"], ["--cfg", "yolov5n.yaml"], ["--data", "d.yaml"], ["--hyp", "h.yaml"], ["--epochs", "3"],
+    ["--batch-size", "8"], ["--imgsz", "320"], ["--img", "320"], ["--img-size", "320"], ["--rect"], ["--resume"],
+    ["--nosave"], ["--noval"], ["--noautoanchor"], ["--noplots"], ["--evolve"], ["--evolve", "10"],
+    ["--bucket", "b"], ["--cache"], ["--cache", "disk"], ["--image-weights"], ["--device", "cpu"], ["--multi-scale"],
+    ["--single-cls"], ["--optimizer", "Adam"], ["--sync-bn"], ["--workers", "2"], ["--project", "p"], ["--name", "n"],
+    ["--exist-ok"], ["--quad"], ["--cos-lr"], ["--label-smoothing", "0.1"], ["--patience", "5"], ["--freeze", "10"],
+    ["--save-period", "2"], ["--seed", "1"], ["--local_rank", "0"], ["--entity", "me"], ["--upload_dataset"],
+    ["--upload_dataset", "val"], ["--bbox_interval", "2"], ["--artifact_alias", "latest"],
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("flag", UPSTREAM_TRAIN_FLAGS, ids=lambda f: " ".join(f))
+def test_every_upstream_flag_works_or_is_refused_in_one_line(flag, capsys):
+    from yolodist.cli.train import build_parser
+
+    try:
+        args = build_parser().parse_args(flag)
+    except SystemExit as stop:
+        err = capsys.readouterr().err
+        assert stop.code == 2 and err.count("\n") == 1, err
+        assert err.startswith(f"train.py: error: {flag[0]} ") and "unrecognized arguments" not in err, err
+        assert " instead" in err or "without it" in err or "results.csv" in err or "--data" in err, err
+    else:
+        assert not any(k.startswith("refused_") for k in vars(args))
+
+
+def test_a_refused_upstream_flag_is_one_line_from_the_command(tmp_path):
+    proc = run_script([str(ROOT / "train.py"), "--quad", "--epochs", "1"], cwd=tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        "train.py: error: --quad (upstream's 4-images-per-tile collate) is not implemented in yolodist; "
+        "train without it (see train.py --help)"
+    ]

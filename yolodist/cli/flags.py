@@ -36,6 +36,31 @@ def add_local_rank(parser: argparse.ArgumentParser) -> None:
     )
 
 
+class Refused(argparse.Action):
+    """An upstream flag yolodist does not offer: using it stops with one line saying why and what instead."""
+
+    def __init__(self, option_strings: list[str], dest: str, why: str, **kwargs: object) -> None:
+        kwargs.pop("nargs", None)
+        kwargs["default"] = argparse.SUPPRESS  # never in the parsed namespace
+        super().__init__(option_strings, dest, nargs="?", help=argparse.SUPPRESS, **kwargs)
+        self.why = why
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: object,
+        option_string: str | None = None,
+    ) -> None:
+        parser.error(f"{option_string} {self.why}")
+
+
+def add_refused(parser: argparse.ArgumentParser, refused: dict[tuple[str, ...], str]) -> None:
+    """``{(flag, alias...): why}``: upstream flags that fail in one line instead of "unrecognized arguments"."""
+    for flags, why in refused.items():
+        parser.add_argument(*flags, action=Refused, why=why, dest=f"refused_{flags[0].lstrip('-')}")
+
+
 class ArgumentParser(argparse.ArgumentParser):
     """argparse whose usage errors are one line plus a pointer to --help, exit code 2."""
 

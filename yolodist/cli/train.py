@@ -6,7 +6,14 @@ import argparse
 import sys
 
 from yolodist.cli.exit import run_command
-from yolodist.cli.flags import ArgumentParser, add_device, add_image_size, add_local_rank, add_run_dir
+from yolodist.cli.flags import (
+    ArgumentParser,
+    add_device,
+    add_image_size,
+    add_local_rank,
+    add_refused,
+    add_run_dir,
+)
 from yolodist.config.presets import resolve_profile
 from yolodist.config.schema import AMP_MODES, OPTIMIZERS, TrainConfig
 
@@ -78,7 +85,28 @@ def build_parser() -> argparse.ArgumentParser:
         help="train with channels-last tensors (faster convolutions on oneDNN and cuDNN)",
     )
     add_launch_flags(p)
+    add_refused(p, REFUSED)
     return p
+
+
+_NO_WANDB = "is a Weights & Biases option and yolodist has no W&B logger; every epoch's metrics are in results.csv"
+# Upstream v7.0 train.py flags that yolodist does not offer (yet), each with what to do instead.
+REFUSED = {
+    ("--evolve",): (
+        "(hyperparameter evolution) is not available in yolodist yet; evolve with upstream YOLOv5 instead and "
+        "train here with its result (--hyp hyp_evolve.yaml)"
+    ),
+    ("--image-weights", "--image_weights"): (
+        "(sampling images by class weights) is not available in yolodist yet; train without it "
+        "(every image is drawn once per epoch, upstream's default)"
+    ),
+    ("--quad",): "(upstream's 4-images-per-tile collate) is not implemented in yolodist; train without it",
+    ("--bucket",): "(a gsutil bucket) is not supported; copy the data locally (gsutil -m cp -r) and point --data at it",
+    ("--entity",): _NO_WANDB,
+    ("--upload_dataset", "--upload-dataset"): _NO_WANDB,
+    ("--bbox_interval", "--bbox-interval"): _NO_WANDB,
+    ("--artifact_alias", "--artifact-alias"): _NO_WANDB,
+}
 
 
 def add_launch_flags(p: argparse.ArgumentParser) -> None:
