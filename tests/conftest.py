@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -24,6 +25,20 @@ def tiny_shapes(tmp_path_factory) -> Path:
     from yolodist.data.synthetic import ensure_shapes
 
     return ensure_shapes(tmp_path_factory.mktemp("datasets") / "shapes", n_train=16, n_val=8, img_size=128, seed=0)
+
+
+@contextlib.contextmanager
+def tmpfs(where: Path, size: int | str) -> Iterator[Path]:
+    """A tmpfs of ``size`` (bytes or "16k") mounted at ``where`` for the block; skips the test where
+    mounting is not allowed (it needs root). Unmounted afterwards."""
+    where.mkdir(parents=True, exist_ok=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)], capture_output=True)
+    if mounted.returncode:
+        pytest.skip(f"cannot mount a tmpfs here ({mounted.stderr.decode().strip()}); needs root")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False)
 
 
 def free_port() -> int:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.cli.test_train_cli import TINY
-from tests.conftest import ROOT, run_script
+from tests.conftest import ROOT, run_script, tmpfs
 
 
 def _train_args(tmp_path: Path, data: Path) -> list[str]:
@@ -31,17 +31,10 @@ def _assert_trained_without_cache(proc: subprocess.CompletedProcess, tmp_path: P
 
 @pytest.mark.timeout(240)
 def test_a_full_shm_folder_trains_without_the_cache(tmp_path, tiny_shapes):
-    shm = tmp_path / "shm"
-    shm.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16k", "tmpfs", str(shm)], capture_output=True)
-    if mounted.returncode:
-        pytest.skip(f"cannot mount a tmpfs here ({mounted.stderr.decode().strip()}); needs root")
-    try:
+    with tmpfs(tmp_path / "shm", "16k") as shm:
         proc = run_script(_train_args(tmp_path, tiny_shapes), cwd=tmp_path, env={"YOLODIST_SHM_DIR": str(shm)})
         _assert_trained_without_cache(proc, tmp_path, "free")
         assert list(shm.iterdir()) == []
-    finally:
-        subprocess.run(["umount", "-l", str(shm)], check=False)
 
 
 @pytest.mark.timeout(240)

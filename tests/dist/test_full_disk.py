@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.conftest import tmpfs
 from tests.dist.conftest import ROOT, run_torchrun
 from yolodist.models import Model
 
@@ -35,18 +36,12 @@ def checkpoint_bytes() -> int:
 @pytest.fixture
 def small_disk(tmp_path):
     """Mount a tmpfs; yields a function that (re)sizes it. Unmounted afterwards."""
-    where = tmp_path / "runs" / "full" / "weights"
-    where.mkdir(parents=True)
-    size = 2 * checkpoint_bytes() + 4 * MB
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)], capture_output=True)
-    if mounted.returncode:
-        pytest.skip(f"cannot mount a tmpfs here ({mounted.stderr.decode().strip()}); needs root")
+    with tmpfs(tmp_path / "runs" / "full" / "weights", 2 * checkpoint_bytes() + 4 * MB) as where:
 
-    def resize(new_size: int) -> None:
-        subprocess.run(["mount", "-o", f"remount,size={new_size}", str(where)], check=True)
+        def resize(new_size: int) -> None:
+            subprocess.run(["mount", "-o", f"remount,size={new_size}", str(where)], check=True)
 
-    yield where, resize
-    subprocess.run(["umount", "-l", str(where)], check=False)
+        yield where, resize
 
 
 @pytest.mark.dist

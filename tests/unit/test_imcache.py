@@ -16,7 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, tmpfs
 from tests.unit.test_dataset import make_set
 from yolodist.config.schema import Hyp
 from yolodist.data import imcache
@@ -182,14 +182,9 @@ def test_the_cache_in_memory_is_removed_when_the_job_ends(src, shm):
 
 @pytest.fixture
 def small_tmpfs(tmp_path, monkeypatch):
-    where = tmp_path / "small"
-    where.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(where)], capture_output=True)
-    if mounted.returncode:
-        pytest.skip(f"cannot mount a tmpfs here ({mounted.stderr.decode().strip()}); needs root")
-    monkeypatch.setenv(imcache.SHM_ENV, str(where))
-    yield where
-    subprocess.run(["umount", "-l", str(where)], check=False)
+    with tmpfs(tmp_path / "small", "64k") as where:
+        monkeypatch.setenv(imcache.SHM_ENV, str(where))
+        yield where
 
 
 def test_a_full_shm_gives_one_line_and_no_cache(src, small_tmpfs, caplog):
