@@ -227,14 +227,16 @@ def load_last(tmp_path, name: str) -> dict:
 
 
 def assert_same_trajectory(a: dict, b: dict) -> None:
-    # The weights as a whole agree to 1e-4 relative (measured: 9e-7). Tensor by tensor, float32
-    # rounding that differs between one and two processes, amplified by four steps (two in warm-up at a
-    # bias learning rate of 0.1), reaches about 1.1e-4 on the smallest ones (first BatchNorm biases)
-    # with contiguous tensors and 2.9e-4 with channels-last ones (other convolution kernels, other
-    # summation orders). A different trajectory is 1e-2 or more apart (the control below).
+    # The weights as a whole agree to 1e-4 relative (measured: 9e-7 plain, 4e-6 and 6e-5 with --rect).
+    # Tensor by tensor, float32 rounding that differs between one and two processes, amplified by four
+    # steps (two in warm-up at a bias learning rate of 0.1), shows most on the smallest tensors, the
+    # BatchNorm biases (norms 0.005-0.02, at the metric's 1e-2 floor): 2.9e-4 in the plain run, and
+    # with --rect 4.9e-4 or 3.1e-3 depending on the pixels (OpenCV 5.0 or 4.11 resizing the same
+    # files), i.e. absolute differences of 2e-5 to 5e-5. A different trajectory is 1e-2 or more apart
+    # tensor by tensor and 1e-3 or more as a whole (the control below).
     for key in ("model", "ema"):
         global_diff, max_diff = _global_rel_diff(a[key], b[key]), _max_rel_diff(a[key], b[key])
-        assert global_diff < 1e-4 and max_diff < 5e-4, (key, global_diff, max_diff)
+        assert global_diff < 1e-4 and max_diff < 5e-3, (key, global_diff, max_diff)
 
 
 @pytest.mark.timeout(420)
