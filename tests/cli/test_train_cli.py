@@ -97,9 +97,11 @@ def test_weights_transfer_reports_count(tmp_path, tiny_shapes):
     assert f"Transferred {n}/{n} items" in out
 
 
-def test_resume_matches_uninterrupted(tmp_path, tiny_shapes):
+@pytest.mark.parametrize("extra", [[], ["--image-weights"]], ids=["plain", "image-weights"])
+def test_resume_matches_uninterrupted(tmp_path, tiny_shapes, extra):
     """Resuming from the end of epoch 0 ends with the same weights as the run that never stopped."""
-    full, _ = train(tmp_path, tiny_shapes, "--epochs", "3", "--save-period", "1", "--deterministic", name="full")
+    run = ("--epochs", "3", "--save-period", "1", "--deterministic", *extra)
+    full, _ = train(tmp_path, tiny_shapes, *run, name="full")
     interrupted = tmp_path / "runs" / "cut"
     (interrupted / "weights").mkdir(parents=True)
     shutil.copy(full / "weights" / "epoch0.pt", interrupted / "weights" / "last.pt")

@@ -272,6 +272,22 @@ def test_rect_and_cache_under_ddp_keep_the_trajectory(tmp_path, tiny_shapes, cac
     assert_same_trajectory(load_last(tmp_path, "one"), load_last(tmp_path, "two"))
 
 
+@pytest.mark.timeout(300)
+def test_image_weights_under_ddp_keep_the_trajectory(tmp_path, tiny_shapes):
+    """--image-weights: every rank slices the same weighted draw (and draws the same mosaic partners), so two
+    ranks follow the one-process run; the weighted run is a different run from the plain one."""
+    common = invariance_args(tiny_shapes, tmp_path)
+    one = run_script([*common, "--image-weights", "--name", "one"], cwd=tmp_path)
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = torchrun([*common, "--image-weights", "--name", "two", "--sync-bn"], cwd=tmp_path)
+    assert two.returncode == 0, two.stderr[-3000:]
+    plain = run_script([*common, "--name", "plain"], cwd=tmp_path)
+    assert plain.returncode == 0, plain.stderr[-3000:]
+    a = load_last(tmp_path, "one")
+    assert_same_trajectory(a, load_last(tmp_path, "two"))
+    assert _global_rel_diff(a["model"], load_last(tmp_path, "plain")["model"]) > 1e-3
+
+
 @pytest.mark.timeout(60)
 def test_launch_shortcut_reports_a_busy_port(tmp_path):
     with socket.socket() as held:

@@ -66,6 +66,12 @@ def test_bad_values_are_user_errors(argv):
         parse(*argv)
 
 
+def test_image_weights_and_rect_exclude_each_other():
+    assert parse("--image-weights").image_weights and parse("--image_weights").image_weights
+    with pytest.raises(BadFlag, match="--image-weights draws images at random and --rect"):
+        parse("--image-weights", "--rect")
+
+
 def test_batch_must_divide_world():
     cfg = parse("--batch", "6")
     cfg.check_world(2)

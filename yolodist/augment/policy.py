@@ -59,6 +59,7 @@ class ValAugment:
         *,
         n: int = 0,
         shape: tuple[int, int] | None = None,
+        partners: np.ndarray | None = None,
     ) -> Sample:
         """``shape`` (h, w), e.g. the rect batch shape, overrides the preset's shape for this sample."""
         target = shape or self.rect_shape or (self.img_size, self.img_size)
@@ -81,8 +82,14 @@ class TrainAugment:
             perspective=h.perspective, border=(border, border),
         )  # fmt: skip
 
-    def _mosaic(self, index: int, load_fn: LoadFn, rng: np.random.Generator, n: int) -> tuple:
-        indices = [index, *(int(i) for i in rng.integers(0, max(n, 1), 3))]
+    def _mosaic(
+        self, index: int, load_fn: LoadFn, rng: np.random.Generator, n: int, partners: np.ndarray | None
+    ) -> tuple:
+        if partners is None:
+            others = rng.integers(0, max(n, 1), 3)
+        else:  # weighted by the epoch's image weights: partners[i] is the cumulative weight up to image i
+            others = np.searchsorted(partners, rng.random(3) * partners[-1], side="right").clip(0, len(partners) - 1)
+        indices = [index, *(int(i) for i in others)]
         rng.shuffle(indices)  # so the requested sample is not always top-left
         canvas, px = mosaic4(load_fn, indices, self.img_size, rng)
         return self._perspective(canvas, px, rng, border=-(self.img_size // 2))
@@ -95,14 +102,19 @@ class TrainAugment:
         *,
         n: int,
         shape: tuple[int, int] | None = None,
+        partners: np.ndarray | None = None,
     ) -> Sample:
         """``n``: dataset size (mosaic/mixup partners are drawn from it). ``shape`` (h, w): rect training
-        batch shape; when given, mosaic is off and the sample is letterboxed to it (upstream --rect)."""
+        batch shape; when given, mosaic is off and the sample is letterboxed to it (upstream --rect).
+        ``partners``: cumulative draw weights of the ``n`` images (``--image-weights``) that the three
+        other images of a mosaic are drawn by; None draws them uniformly. The mixup image is uniform, as
+        upstream's."""
         hyp, shapes = self.hyp, None
         if shape is None and rng.random() < hyp.mosaic:
-            img, px = self._mosaic(index, load_fn, rng, n)
+            img, px = self._mosaic(index, load_fn, rng, n, partners)
             if hyp.mixup and rng.random() < hyp.mixup:
-                img, px = mixup(img, px, *self._mosaic(int(rng.integers(0, max(n, 1))), load_fn, rng, n), rng)
+                other = self._mosaic(int(rng.integers(0, max(n, 1))), load_fn, rng, n, partners)
+                img, px = mixup(img, px, *other, rng)
         else:
             target = shape or (self.img_size, self.img_size)
             img, px, shapes = _letterboxed(load_fn(index), target, scaleup=True)

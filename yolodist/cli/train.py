@@ -50,6 +50,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--noautoanchor", action="store_true", help="disable AutoAnchor")
     p.add_argument("--noplots", action="store_true", help="save no plot files")
     p.add_argument("--cache", nargs="?", const="ram", default=None, help="image --cache ram (default) or disk")
+    p.add_argument(
+        "--image-weights",
+        "--image_weights",
+        dest="image_weights",
+        action="store_true",
+        help="draw training images weighted by their classes' rarity and last mAP (with replacement)",
+    )
     add_device(p)
     p.add_argument("--multi-scale", action="store_true", help="vary img-size +/- 50%%")
     p.add_argument("--single-cls", action="store_true", help="train multi-class data as single-class")
@@ -95,10 +102,6 @@ REFUSED = {
     ("--evolve",): (
         "(hyperparameter evolution) is not available in yolodist yet; evolve with upstream YOLOv5 instead and "
         "train here with its result (--hyp hyp_evolve.yaml)"
-    ),
-    ("--image-weights", "--image_weights"): (
-        "(sampling images by class weights) is not available in yolodist yet; train without it "
-        "(every image is drawn once per epoch, upstream's default)"
     ),
     ("--quad",): "(upstream's 4-images-per-tile collate) is not implemented in yolodist; train without it",
     ("--bucket",): "(a gsutil bucket) is not supported; copy the data locally (gsutil -m cp -r) and point --data at it",

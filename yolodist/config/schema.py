@@ -99,6 +99,7 @@ class TrainConfig:
     noautoanchor: bool = False
     noplots: bool = False
     cache: str | None = None
+    image_weights: bool = False
     device: str = ""
     multi_scale: bool = False
     single_cls: bool = False
@@ -136,6 +137,11 @@ class TrainConfig:
             (0 <= self.label_smoothing < 1, "--label-smoothing must be in [0, 1)"),
             (self.patience >= 0, "--patience must not be negative (0 disables early stopping)"),
             (self.amp in AMP_MODES, f"--amp must be one of {', '.join(AMP_MODES)}, got {self.amp!r}"),
+            (
+                not (self.image_weights and self.rect),
+                "--image-weights draws images at random and --rect needs batches of images of similar shape; "
+                "use one of the two",
+            ),
         ]
         for ok, message in checks:
             if not ok:

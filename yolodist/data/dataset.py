@@ -90,6 +90,7 @@ class YoloDataset(Dataset):
         nc: int | None = None,
         prefix: str = "",
         workers: int = 8,
+        image_weights: bool = False,
     ) -> None:
         if cache_images not in (None, "ram", "disk"):
             raise ValueError(f"cache_images must be None, 'ram' or 'disk', got {cache_images!r}")
@@ -124,6 +125,15 @@ class YoloDataset(Dataset):
         self._stamps = [_stamp(f) for f in self.im_files]
         self._failed: set[int] = set()
         self.load_failures: Counter = Counter()
+        # --image-weights: the cumulative draw weights, in shared memory so that persistent workers see
+        # each epoch's (mosaic partners follow them, as upstream's); all zeros = draw uniformly.
+        self._draw_cdf = torch.zeros(len(self.im_files), dtype=torch.float64).share_memory_() if image_weights else None
+
+    def set_draw_weights(self, weights: np.ndarray) -> None:
+        """Draw mosaic partners with these per-image weights from the next batch requested on."""
+        if self._draw_cdf is None:
+            raise RuntimeError("set_draw_weights needs a dataset made with image_weights=True")
+        self._draw_cdf.copy_(torch.from_numpy(np.cumsum(np.asarray(weights, dtype=np.float64))))
 
     def _sort_by_aspect(self, pad: float) -> None:
         order = (self.shapes[:, 1] / self.shapes[:, 0]).argsort(kind="stable")
@@ -217,7 +227,8 @@ class YoloDataset(Dataset):
         if self.batch_shapes is not None:
             # Rect batches are contiguous blocks of B sorted samples (see ShardedBatchSampler).
             shape = tuple(int(v) for v in self.batch_shapes[int(index) // self.batch_size])
-        img, labels, shapes = self.policy(int(index), load_fn, rng, n=len(self), shape=shape)
+        cdf = self._draw_cdf.numpy() if self._draw_cdf is not None and self._draw_cdf[-1] > 0 else None
+        img, labels, shapes = self.policy(int(index), load_fn, rng, n=len(self), shape=shape, partners=cdf)
         out = torch.zeros((len(labels), 6), dtype=torch.float32)
         if len(labels):
             out[:, 1:] = torch.from_numpy(np.asarray(labels, dtype=np.float32))

@@ -6,6 +6,9 @@ is ``perm[k*B:(k+1)*B]`` for the total batch ``B``; rank r takes the contiguous 
 ``[r*B/W, (r+1)*B/W)`` of it. One process with batch B and W processes with B/W each therefore see
 exactly the same samples per step, which is what makes runs world-size invariant.
 
+With draw weights (``--image-weights``), epoch e's order is instead N draws with replacement,
+weighted, from the same (seed, e) stream: still one global order that every rank slices.
+
 The last, partial global batch (r < B samples) is dropped (``drop_last``) or split over the ranks
 as evenly as possible, in order: one process sees those r samples once, as upstream's last batch,
 and W processes see the same r samples, so the loss over the global batch (normalised by global
@@ -57,6 +60,17 @@ class ShardedBatchSampler(Sampler[list[tuple[int, int]]]):
         self.shuffle, self.drop_last = shuffle, drop_last
         self.per_rank = batch_size // world
         self.epoch = 0
+        self.weights: np.ndarray | None = None
+
+    def set_weights(self, weights: np.ndarray | None) -> None:
+        """Draw the next epochs' samples with these per-sample weights (with replacement); None: a permutation."""
+        if weights is not None:
+            weights = np.asarray(weights, dtype=np.float64)
+            if weights.shape != (self.num_samples,) or not np.isfinite(weights).all() or (weights < 0).any():
+                raise ValueError(f"need {self.num_samples} finite non-negative weights, got shape {weights.shape}")
+            if weights.sum() <= 0:
+                raise ValueError("the draw weights sum to 0")
+        self.weights = weights
 
     def set_epoch(self, epoch: int) -> None:
         """Choose the epoch whose permutation (and per-sample rng key) the next iteration uses."""
@@ -70,6 +84,11 @@ class ShardedBatchSampler(Sampler[list[tuple[int, int]]]):
     def order(self, epoch: int | None = None) -> torch.Tensor:
         """The epoch's sample order (int64 ``[N]``), the same on every rank."""
         epoch = self.epoch if epoch is None else epoch
+        if self.weights is not None:
+            rng = np.random.Generator(np.random.PCG64(order_key(self.seed, epoch)))
+            p = self.weights / self.weights.sum()
+            drawn = rng.choice(self.num_samples, size=self.num_samples, replace=True, p=p)
+            return torch.from_numpy(drawn.astype(np.int64))
         if not self.shuffle:
             return torch.arange(self.num_samples)
         g = torch.Generator()

@@ -139,6 +139,7 @@ def build_data(cfg: TrainConfig, env: DistEnv, hyp: Hyp, stride: int, spec: Data
             rect=cfg.rect,
             batch_size=cfg.batch_size,
             prefix="train: ",
+            image_weights=cfg.image_weights,
             **common,
         )
     # One process per node decodes every image into the shared cache; the others map what it made.

@@ -8,6 +8,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 from torch.utils.data import DataLoader, Sampler
 
 from yolodist.config.schema import TrainConfig
@@ -106,6 +107,14 @@ def batches_done(cfg: TrainConfig, ckpt: dict | None) -> int:
     if done:
         LOGGER.info(f"Resuming epoch {int(ckpt['epoch']) + 1} after its first {done} batches")
     return done
+
+
+def saved_maps(cfg: TrainConfig, ckpt: dict | None, nc: int) -> np.ndarray:
+    """Per-class mAP of the resumed run's last validation (zeros for a new run or an older checkpoint)."""
+    maps = (ckpt or {}).get("maps") if cfg.resume else None
+    if maps is None or len(maps) != nc:
+        return np.zeros(nc)
+    return np.asarray(maps, dtype=np.float64)
 
 
 class SkipBatches(Sampler):

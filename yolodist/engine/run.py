@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+
+import numpy as np
 
 from yolodist.config.io import dump_yaml
 from yolodist.config.schema import Hyp, TrainConfig
@@ -42,6 +44,8 @@ class Run:
     start_epoch: int
     best_fitness: float
     start_batch: int = 0  # batches of start_epoch trained before an interruption
+    # mAP@0.5:0.95 per class at the last validation, on every rank (--image-weights draws by it)
+    maps: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
 
 def prepare_run_dir(cfg: TrainConfig, env: DistEnv, resume_dir: Path | None) -> Path:
@@ -93,4 +97,5 @@ def setup(cfg: TrainConfig, env: DistEnv) -> Run:
         cfg, env, hyp, save_dir, model, ema, optim, data, ctx, reporter, stride, warmup_iters, start_epoch, best_fitness
     )
     run.start_batch = resume.batches_done(cfg, ckpt)
+    run.maps = resume.saved_maps(cfg, ckpt, len(names))
     return run

@@ -31,7 +31,12 @@ def make_checkpoint(run: Run, epoch: int, fitness: float, batches_done: int = 0)
         yaml=run.model.yaml,
         names=run.data.names,
         hyp=run.hyp.to_dict(),
-        extra={"scaler": optim.scaler.state_dict(), "fitness": fitness, "batches_done": batches_done},
+        extra={
+            "scaler": optim.scaler.state_dict(),
+            "fitness": fitness,
+            "batches_done": batches_done,
+            "maps": [float(v) for v in run.maps],  # what --image-weights draws the next epoch by
+        },
     )
 
 

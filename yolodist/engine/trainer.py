@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from yolodist.config.schema import TrainConfig
+from yolodist.data.image_weights import epoch_image_weights
 from yolodist.dist import collectives
 from yolodist.dist.env import DistEnv
 from yolodist.engine import restarts, resume
@@ -107,12 +108,17 @@ def run_epochs(run: Run, guard: Guard) -> tuple[int, ValResult]:
     epoch = run.start_epoch - 1
     for epoch in range(run.start_epoch, cfg.epochs):
         start = run.start_batch if epoch == run.start_epoch else 0
+        if cfg.image_weights:
+            draw_by_image_weights(run)
         train_losses = train_one_epoch(run, epoch, guard, start)
         lrs = [group["lr"] for group in run.optim.optimizer.param_groups]
         run.optim.scheduler.step()
         final_epoch = epoch + 1 == cfg.epochs
         with guard.paused():  # validation and saving have their own waits and timeouts
-            result = validate_epoch(run, final_epoch) or result
+            validated = validate_epoch(run, final_epoch)
+            if validated is not None and validated.maps is not None:  # rank 0 holds the metrics
+                run.maps = validated.maps
+            result = validated or result
             run.best_fitness = max(run.best_fitness, result.fitness)
             run.reporter.results_row(epoch, train_losses, result, lrs)
             stop, failed = False, None
@@ -120,8 +126,10 @@ def run_epochs(run: Run, guard: Guard) -> tuple[int, ValResult]:
                 stop = stopper(epoch, result.fitness)
                 if (not cfg.nosave or final_epoch or stop) and not skipping(run, epoch):
                     failed = try_save_epoch(run, epoch, result)
-            # One broadcast carries both: every rank stops together, also when rank 0 could not save.
-            stop, failed = collectives.broadcast_object((stop, failed) if env.is_main else None, env)
+            # One broadcast carries all three: every rank stops together, also when rank 0 could not save,
+            # and every rank draws the next epoch's images by the same per-class mAP.
+            stop, failed, maps = collectives.broadcast_object((stop, failed, run.maps) if env.is_main else None, env)
+            run.maps = np.asarray(maps, dtype=np.float64)
             if failed:
                 raise CannotSave(failed if env.is_main else f"rank {env.rank}: stopped with rank 0, which {failed}")
             if stop or final_epoch:
@@ -131,6 +139,14 @@ def run_epochs(run: Run, guard: Guard) -> tuple[int, ValResult]:
         if signum:
             raise StopRequested(epoch + 1, 0, int(signum), needs_save=cfg.nosave)
     return epoch, result
+
+
+def draw_by_image_weights(run: Run) -> None:
+    """--image-weights: the epoch's images (and mosaic partners) are drawn by class rarity and last mAP."""
+    data = run.data
+    weights = epoch_image_weights(data.train_set.labels, len(data.names), run.maps)
+    data.train_sampler.set_weights(weights)
+    data.train_set.set_draw_weights(weights)
 
 
 def validate_epoch(run: Run, final_epoch: bool) -> ValResult | None:
