@@ -43,6 +43,10 @@ def test_torchrun_variables():
     gpu = from_environ(TORCHRUN, device="2,3", cuda_count=4)
     assert gpu.device == torch.device("cuda", 3) and gpu.backend == "nccl"  # local rank 1 -> 2nd listed
     assert gpu.devices == (gpu.device,)
+    # No --device: local rank i drives visible GPU i, as upstream's cuda:LOCAL_RANK.
+    assert from_environ(TORCHRUN, device="", cuda_count=4).device == torch.device("cuda", 1)
+    with pytest.raises(BadFlag, match="2 processes on this node"):
+        from_environ(TORCHRUN, device="", cuda_count=1)
 
 
 def test_one_process_under_a_launcher_is_ddp():

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
+from yolodist.dist import slurm
 from yolodist.dist.devices import device_for_rank, parse_device
 from yolodist.errors import BadFlag, DistFailure
 
@@ -49,6 +50,10 @@ class DistEnv:
     # the same across its restarts (the master's address and port, and the rendezvous id).
     max_restarts: int = 0
     job_key: str = ""
+    # Set when SLURM's srun started the ranks without torchrun: where rank 0 hosts the process group's
+    # store (torchrun passes these in MASTER_ADDR/MASTER_PORT instead).
+    master_addr: str = ""
+    master_port: int = 0
 
     @property
     def is_main(self) -> bool:
@@ -125,6 +130,37 @@ def _ddp_env(environ: Mapping[str, str], devices: list[torch.device], local_rank
     )
 
 
+def _slurm_env(environ: Mapping[str, str], devices: list[torch.device]) -> DistEnv:
+    """An ``srun`` task: DDP when the step has several tasks, one process otherwise; requeues count as restarts."""
+    task = slurm.task(environ)
+    requeue = {
+        "restart_count": task.restart_count,
+        # A SLURM job can be requeued any number of times (preemption, scontrol requeue).
+        "max_restarts": 1 << 30,
+        "job_key": f"slurm-{task.job_id}",
+    }
+    if task.world_size == 1:
+        return DistEnv(device=devices[0], devices=(devices[0],), **requeue)
+    if devices[0].type == "cuda" and len(devices) == 1:
+        chosen = devices[0]  # --gpus-per-task: SLURM made this task's one GPU the only visible one
+    else:
+        chosen = device_for_rank(devices, task.local_rank, task.local_world_size)
+    return DistEnv(
+        rank=task.rank,
+        local_rank=task.local_rank,
+        world_size=task.world_size,
+        local_world_size=task.local_world_size,
+        node_rank=task.node_rank,
+        mode="ddp",
+        device=chosen,
+        backend="nccl" if chosen.type == "cuda" else "gloo",
+        devices=(chosen,),
+        master_addr=task.master_addr,
+        master_port=task.master_port,
+        **requeue,
+    )
+
+
 def _job_key(environ: Mapping[str, str]) -> str:
     """A file-name-safe name of this launch, equal in every restart round: no two live launches share
     a master address and port, and a restart keeps both."""
@@ -141,14 +177,20 @@ def from_environ(
 ) -> DistEnv:
     """The pure part of :func:`detect`: a mapping of environment variables in, a DistEnv out.
 
-    A launcher (RANK and WORLD_SIZE set) means 'ddp'; several GPUs in ``device`` without one mean
-    'dp'; anything else is 'single'. ``local_rank_arg`` is the legacy launcher's ``--local-rank``,
-    used only when LOCAL_RANK is absent.
+    A launcher (RANK and WORLD_SIZE set) means 'ddp'; so does an ``srun`` step of several tasks
+    without torchrun (torchrun's variables win when both are there); several GPUs in ``device``
+    without one mean 'dp'; anything else is 'single'. ``local_rank_arg`` is the legacy launcher's
+    ``--local-rank``, used only when LOCAL_RANK is absent.
     """
     devices = parse_device(device, cuda_count, mps)
+    if str(device).strip() == "" and cuda_count > 1:
+        # No --device under a launcher: one visible GPU per local rank, as upstream (cuda:LOCAL_RANK).
+        devices = [torch.device("cuda", i) for i in range(cuda_count)]
     if _launched(environ, local_rank_arg):
         return _ddp_env(environ, devices, local_rank_arg)
-    if len(devices) > 1:
+    if slurm.is_srun_step(environ):
+        return _slurm_env(environ, devices)
+    if len(devices) > 1 and str(device).strip() != "":  # DataParallel only when asked for by --device 0,1
         return DistEnv(mode="dp", device=devices[0], devices=tuple(devices))
     return DistEnv(device=devices[0], devices=(devices[0],))
 

@@ -19,6 +19,7 @@ import re
 import socket
 from dataclasses import dataclass
 
+from yolodist.dist import slurm
 from yolodist.errors import BadFlag, DistFailure, PortBusy, UserError
 
 LOGGER = logging.getLogger(__name__)
@@ -27,8 +28,8 @@ _JOINED = re.compile(r"(\d+)/(\d+) clients joined")
 
 
 def under_launcher() -> bool:
-    """True inside a process started by torchrun / torch.distributed.launch."""
-    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
+    """True inside a process started by torchrun / torch.distributed.launch, or one of several srun tasks."""
+    return ("RANK" in os.environ and "WORLD_SIZE" in os.environ) or slurm.is_multi_task_step(os.environ)
 
 
 def free_port() -> int:

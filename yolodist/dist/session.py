@@ -55,6 +55,10 @@ def _user_error(error: Exception, env: DistEnv, timeout_s: float) -> UserError |
     return None
 
 
+def _host_for_url(host: str) -> str:
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
 def _init(env: DistEnv, timeout_s: float) -> None:
     # Imported after the group exists, torch._dynamo (torchvision imports it) holds references to the
     # default group that destroy_process_group cannot drop; the group then outlives session() and its
@@ -71,6 +75,15 @@ def _init(env: DistEnv, timeout_s: float) -> None:
             store = _restart_store(env, timeout)
             dist.init_process_group(
                 env.backend, store=store, rank=env.rank, world_size=env.world_size, timeout=timeout, device_id=device_id
+            )
+        elif env.master_addr:  # srun without torchrun: no MASTER_* variables, the address comes from SLURM
+            dist.init_process_group(
+                env.backend,
+                init_method=f"tcp://{_host_for_url(env.master_addr)}:{env.master_port}",
+                rank=env.rank,
+                world_size=env.world_size,
+                timeout=timeout,
+                device_id=device_id,
             )
         else:
             dist.init_process_group(env.backend, timeout=timeout, device_id=device_id)

@@ -23,7 +23,8 @@ LOGGER = logging.getLogger(__name__)
 
 
 def note_path(cfg: TrainConfig, env: DistEnv) -> Path:
-    return Path(cfg.project) / f".restart-{env.job_key}"
+    # The run's name too: one SLURM job (one key) may run several trainings one after the other.
+    return Path(cfg.project) / f".restart-{env.job_key}-{cfg.name}"
 
 
 def continue_after_restart(cfg: TrainConfig, env: DistEnv) -> TrainConfig:
