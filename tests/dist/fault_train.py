@@ -13,7 +13,8 @@ Steps count ``train_step`` calls (micro-batches) from 0 over the whole run, on e
     empty       rank R's batches have no labels at all (every step)
     slow        every rank sleeps S seconds after each step (time to send a signal mid-epoch)
 
-Faults fire in the launcher's first round only: a round restarted by ``--max-restarts`` runs clean.
+Faults fire in the launcher's first round only: a round restarted by ``--max-restarts``, or a SLURM
+job requeued, runs clean.
 Every rank prints ``fault_train: rank R finished step N`` after each step. With ``--record DIR``
 each rank appends "step skipped" to DIR/updates-rank<R>.txt after every optimiser update.
 The production code has no hooks for any of this: the patches live here.
@@ -30,7 +31,7 @@ from pathlib import Path
 
 
 def _rank() -> int:
-    return int(os.environ.get("RANK", "0"))
+    return int(os.environ.get("RANK") or os.environ.get("SLURM_PROCID") or "0")  # torchrun, or srun
 
 
 class _NanLoss:
@@ -53,7 +54,7 @@ def _install(args: argparse.Namespace) -> None:
     original = trainer.train_step
     rank = _rank()
     calls = 0
-    if os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") != "0":
+    if os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") != "0" or os.environ.get("SLURM_RESTART_COUNT", "0") != "0":
         return
 
     @functools.wraps(original)

@@ -65,7 +65,8 @@ def test_an_srun_task_is_a_ddp_rank():
     env = from_environ(step(), device="cpu")
     assert topology(env) == ("ddp", 5, 1, 10, 4, 1)
     assert (env.master_addr, env.master_port) == ("gpu07", slurm.job_port("123456"))
-    assert env.backend == "gloo" and env.job_key == "slurm-123456" and env.restart_count == 0
+    assert env.backend == "gloo" and env.job_key == "slurm-123456" and env.requeues == 0
+    assert env.scheduler_job == "123456" and env.max_restarts > 0
     last = from_environ(step(SLURM_PROCID="9", SLURM_LOCALID="1", SLURM_NODEID="2"), device="cpu")
     assert topology(last) == ("ddp", 9, 1, 10, 2, 2)  # the third node runs 2 tasks
 
@@ -74,7 +75,8 @@ def test_every_task_of_a_job_derives_the_same_port_and_a_requeue_keeps_it():
     ports = {from_environ(step(SLURM_PROCID=str(r)), device="cpu").master_port for r in range(4)}
     assert len(ports) == 1 and 20000 <= ports.pop() < 40000
     requeued = from_environ(step(SLURM_RESTART_COUNT="2"), device="cpu")
-    assert requeued.master_port == slurm.job_port("123456") and requeued.restart_count == 2
+    assert requeued.master_port == slurm.job_port("123456") and requeued.requeues == 2
+    assert requeued.restart_count == 0  # torchrun's round count (its store prefix) stays apart
     assert slurm.job_port("123457") != slurm.job_port("123456")
 
 
@@ -93,7 +95,9 @@ def test_torchrun_variables_win_over_slurms():
 def test_batch_script_and_single_task_are_one_process():
     batch = step()
     del batch["SLURM_STEP_ID"]  # the batch script itself: no step
-    assert from_environ(batch, device="cpu").mode == "single"
+    alone = from_environ({**batch, "SLURM_RESTART_COUNT": "1"}, device="cpu")
+    assert alone.mode == "single" and (alone.scheduler_job, alone.requeues) == ("123456", 1)
+    assert from_environ({}, device="cpu").scheduler_job == ""
     single = {"SLURM_NTASKS": "1", "SLURM_STEP_TASKS_PER_NODE": "1", "SLURM_STEP_NODELIST": "gpu07"}
     one = from_environ(step(**single, SLURM_PROCID="0", SLURM_LOCALID="0", SLURM_NODEID="0"), device="cpu")
     assert one.mode == "single" and one.job_key == "slurm-123456"  # a requeued job still continues its run

@@ -40,8 +40,9 @@ def seed_worker(worker_id: int) -> None:
     stray library randomness distinct between workers. cv2 threads are turned off: workers already
     run in parallel, and cv2's own pool oversubscribes the cores.
     """
-    # The trainer stops in order on Ctrl-C; a worker must not die of it first (spawn start method).
+    # The trainer stops in order on Ctrl-C or SLURM's warning; a worker must not die of it first (spawn).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)  # SLURM's warning signal reaches every process of a task
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)
     random.seed(seed)

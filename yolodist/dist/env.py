@@ -6,6 +6,7 @@ Everything else in yolodist receives this value (or plain ints taken from it); n
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import re
@@ -54,6 +55,10 @@ class DistEnv:
     # store (torchrun passes these in MASTER_ADDR/MASTER_PORT instead).
     master_addr: str = ""
     master_port: int = 0
+    # The SLURM job this process runs in ('' outside SLURM), and how often SLURM requeued it: a requeued
+    # job continues its run like a torchrun restart round does.
+    scheduler_job: str = ""
+    requeues: int = 0
 
     @property
     def is_main(self) -> bool:
@@ -131,16 +136,10 @@ def _ddp_env(environ: Mapping[str, str], devices: list[torch.device], local_rank
 
 
 def _slurm_env(environ: Mapping[str, str], devices: list[torch.device]) -> DistEnv:
-    """An ``srun`` task: DDP when the step has several tasks, one process otherwise; requeues count as restarts."""
+    """An ``srun`` task: DDP when the step has several tasks, one process otherwise."""
     task = slurm.task(environ)
-    requeue = {
-        "restart_count": task.restart_count,
-        # A SLURM job can be requeued any number of times (preemption, scontrol requeue).
-        "max_restarts": 1 << 30,
-        "job_key": f"slurm-{task.job_id}",
-    }
     if task.world_size == 1:
-        return DistEnv(device=devices[0], devices=(devices[0],), **requeue)
+        return DistEnv(device=devices[0], devices=(devices[0],))
     if devices[0].type == "cuda" and len(devices) == 1:
         chosen = devices[0]  # --gpus-per-task: SLURM made this task's one GPU the only visible one
     else:
@@ -157,7 +156,17 @@ def _slurm_env(environ: Mapping[str, str], devices: list[torch.device]) -> DistE
         devices=(chosen,),
         master_addr=task.master_addr,
         master_port=task.master_port,
-        **requeue,
+    )
+
+
+def _in_slurm_job(env: DistEnv, environ: Mapping[str, str]) -> DistEnv:
+    """Inside a SLURM job (any launcher, or none): the job may be requeued any number of times, and
+    a requeued job continues this run; the launch is named after the job."""
+    job = slurm.job(environ)
+    if job is None:
+        return env
+    return dataclasses.replace(
+        env, scheduler_job=job.job_id, requeues=job.restart_count, job_key=f"slurm-{job.job_id}", max_restarts=1 << 30
     )
 
 
@@ -187,12 +196,14 @@ def from_environ(
         # No --device under a launcher: one visible GPU per local rank, as upstream (cuda:LOCAL_RANK).
         devices = [torch.device("cuda", i) for i in range(cuda_count)]
     if _launched(environ, local_rank_arg):
-        return _ddp_env(environ, devices, local_rank_arg)
-    if slurm.is_srun_step(environ):
-        return _slurm_env(environ, devices)
-    if len(devices) > 1 and str(device).strip() != "":  # DataParallel only when asked for by --device 0,1
-        return DistEnv(mode="dp", device=devices[0], devices=tuple(devices))
-    return DistEnv(device=devices[0], devices=(devices[0],))
+        env = _ddp_env(environ, devices, local_rank_arg)
+    elif slurm.is_srun_step(environ):
+        env = _slurm_env(environ, devices)
+    elif len(devices) > 1 and str(device).strip() != "":  # DataParallel only when asked for by --device 0,1
+        env = DistEnv(mode="dp", device=devices[0], devices=tuple(devices))
+    else:
+        env = DistEnv(device=devices[0], devices=(devices[0],))
+    return _in_slurm_job(env, environ)
 
 
 def detect(device: str = "", local_rank_arg: int | None = None) -> DistEnv:

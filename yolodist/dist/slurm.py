@@ -99,6 +99,37 @@ def is_multi_task_step(environ: Mapping[str, str]) -> bool:
 
 
 @dataclass(frozen=True)
+class SlurmJob:
+    job_id: str
+    restart_count: int  # times SLURM requeued the job (preemption, node failure, scontrol requeue)
+
+
+def job(environ: Mapping[str, str]) -> SlurmJob | None:
+    """The SLURM job this process runs in (batch script, srun task or salloc shell), or None."""
+    job_id = environ.get("SLURM_JOB_ID", "").strip()
+    if not job_id:
+        return None
+    return SlurmJob(job_id, _int(environ, "SLURM_RESTART_COUNT", 0))
+
+
+def requeue(job_id: str) -> str:
+    """Ask SLURM to requeue the job; returns what happened, in words for the user."""
+    scontrol = shutil.which("scontrol")
+    if scontrol is None:
+        return f"scontrol is not on PATH, so SLURM job {job_id} was not requeued; resubmit it to continue"
+    try:
+        proc = subprocess.run(
+            [scontrol, "requeue", job_id], capture_output=True, text=True, timeout=60, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired) as error:
+        return f"scontrol requeue {job_id} failed ({error}); resubmit the job to continue"
+    if proc.returncode:
+        why = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no reason given"]
+        return f"SLURM did not requeue job {job_id} ({why[0]}; submit with --requeue); resubmit it to continue"
+    return f"requeued SLURM job {job_id}: it continues this run from its last.pt when it starts again"
+
+
+@dataclass(frozen=True)
 class SlurmTask:
     rank: int
     local_rank: int
@@ -107,8 +138,6 @@ class SlurmTask:
     node_rank: int
     master_addr: str
     master_port: int
-    job_id: str
-    restart_count: int
 
 
 def _int(environ: Mapping[str, str], name: str, default: int | None = None) -> int:
@@ -134,8 +163,7 @@ def task(environ: Mapping[str, str]) -> SlurmTask:
     local_world = counts[node] if node < len(counts) else _int(environ, "SLURM_NTASKS_PER_NODE", world)
     nodelist = environ.get("SLURM_STEP_NODELIST") or environ.get("SLURM_JOB_NODELIST") or ""
     addr = environ.get("MASTER_ADDR") or _first_host(nodelist)
-    job_id = environ.get("SLURM_JOB_ID", "0")
-    port = _int(environ, "MASTER_PORT", 0) or job_port(job_id)
+    port = _int(environ, "MASTER_PORT", 0) or job_port(environ.get("SLURM_JOB_ID", "0"))
     if not (0 <= rank < world and 0 <= local_rank < local_world <= world and node >= 0):
         raise DistFailure(
             f"inconsistent SLURM variables SLURM_PROCID={rank}, SLURM_NTASKS={world}, SLURM_LOCALID={local_rank}, "
@@ -149,8 +177,6 @@ def task(environ: Mapping[str, str]) -> SlurmTask:
         node_rank=node,
         master_addr=addr,
         master_port=port,
-        job_id=job_id,
-        restart_count=_int(environ, "SLURM_RESTART_COUNT", 0),
     )
 
 

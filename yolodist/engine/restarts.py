@@ -1,4 +1,5 @@
-"""Elastic restarts: a launch that torchrun restarts (--max-restarts) continues its own run.
+"""Elastic restarts: a launch that torchrun restarts (--max-restarts), or a SLURM job that is requeued,
+continues its own run.
 
 torchrun restarts every worker of a launch with the same command line after one of them fails.
 Without help, the new round would start a new run directory from scratch. Rank 0 of a launch that
@@ -28,9 +29,11 @@ def note_path(cfg: TrainConfig, env: DistEnv) -> Path:
 
 
 def continue_after_restart(cfg: TrainConfig, env: DistEnv) -> TrainConfig:
-    """On a restart round, ``cfg`` resuming this launch's last.pt (unchanged when there is none yet)."""
-    if env.restart_count == 0 or cfg.resume:
+    """On a restart round (torchrun) or a requeued SLURM job, ``cfg`` resuming this launch's last.pt
+    (unchanged when there is none yet)."""
+    if (env.restart_count == 0 and env.requeues == 0) or cfg.resume:
         return cfg
+    round_ = f"restart {env.restart_count}" if env.restart_count else f"requeue {env.requeues} of SLURM job"
     last = None
     if env.is_main:
         with contextlib.suppress(OSError):
@@ -38,9 +41,9 @@ def continue_after_restart(cfg: TrainConfig, env: DistEnv) -> TrainConfig:
             last = str(candidate) if candidate.is_file() else None
     last = collectives.broadcast_object(last, env)  # only node 0 can read the note
     if last is None:
-        LOGGER.info(f"restart {env.restart_count}: this launch saved no checkpoint yet; training from the start")
+        LOGGER.info(f"{round_}: this launch saved no checkpoint yet; training from the start")
         return cfg
-    LOGGER.info(f"restart {env.restart_count}: continuing this launch's run from {last}")
+    LOGGER.info(f"{round_}: continuing this launch's run from {last}")
     return dataclasses.replace(cfg, resume=last)
 
 

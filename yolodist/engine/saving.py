@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import logging
+import signal
 from typing import TYPE_CHECKING
 
-from yolodist.dist import collectives
+from yolodist.dist import collectives, slurm
 from yolodist.engine.checkpoint import build_checkpoint, save_checkpoint
 from yolodist.engine.watchdog import StopRequested
 from yolodist.errors import CannotSave, DistFailure, Interrupted
@@ -102,5 +103,7 @@ def interrupted(run: Run, stop: StopRequested) -> Interrupted:
     where = f"epoch {stop.epoch} step {stop.batches_done}"
     if not env.is_main:
         return Interrupted(f"rank {env.rank}: interrupted at {where} together with rank 0", stop.signum)
+    if stop.signum == signal.SIGUSR1 and env.scheduler_job:  # SLURM's warning: time limit or preemption ahead
+        return Interrupted(f"Interrupted at {where}; {slurm.requeue(env.scheduler_job)}", stop.signum)
     launcher = " (under the same launcher command)" if env.is_distributed else ""
     return Interrupted(f"Interrupted at {where}; resume with: python train.py --resume {path}{launcher}", stop.signum)

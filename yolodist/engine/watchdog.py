@@ -34,7 +34,8 @@ from yolodist.dist.session import Heartbeats, heartbeats
 HEARTBEAT_S = 2.0  # how often each rank publishes its position
 READ_PEERS_S = 3.0  # how long a rank that gives up waits for the store to tell where the others are
 EXIT_HUNG = 1
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+# SIGUSR1: SLURM's warning before a time limit or preemption (sbatch --signal=USR1@120).
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
 
 
 class StopRequested(Exception):
@@ -175,7 +176,7 @@ class Watchdog:
 
 
 class StopSignals:
-    """SIGINT/SIGTERM set a flag (the first time); a second Ctrl-C interrupts at once."""
+    """SIGINT/SIGTERM/SIGUSR1 set a flag (the first time); a second Ctrl-C interrupts at once."""
 
     def __init__(self, announce: bool) -> None:
         self.signum = 0
