@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import signal
+import sys
 from pathlib import Path
 
 import pytest
@@ -84,3 +86,33 @@ def test_evolve_with_a_checkpoint_to_resume_is_one_line(capsys):
     assert "Traceback" not in err
     lines = err.strip().splitlines()
     assert len(lines) == 1 and "--evolve cannot resume a training" in lines[0] and "--exist-ok" in lines[0]
+
+
+@pytest.mark.timeout(240)
+def test_ctrl_c_in_a_generation_keeps_the_finished_ones_and_the_same_command_continues(tmp_path, tiny_shapes):
+    from tests.dist.test_faults import WRAPPER, Job, finish, launched
+
+    common = [
+        *("--data", str(tiny_shapes), *TINY, "--epochs", "1", "--project", str(tmp_path / "runs")),
+        *("--name", "evo", "--exist-ok", "--evolve", "2"),
+    ]
+    slow = [sys.executable, WRAPPER, "--fault", "slow", "--seconds", "0.2", "--"]
+    with launched() as marker:
+        cut = Job([*slow, *common], tmp_path / "logs", "cut", marker, cwd=tmp_path)
+        cut.wait_for_text("rank 0 finished step 5", timeout=180)  # steps 4..7 are generation 1's
+        cut.proc.send_signal(signal.SIGINT)
+        finish([cut], timeout=60)
+    run = tmp_path / "runs" / "evo"
+    assert cut.proc.returncode == 130, cut.output[-3000:]
+    assert (
+        f"Interrupted in generation 1; {run / 'evolve.csv'} holds the 1 finished one(s). "
+        "Continue the evolution with the same command" in cut.output
+    ), cut.output[-3000:]
+    first = rows(run / "evolve.csv")
+    assert len(first) == 2 and not list(run.glob(".*.tmp"))
+
+    again = run_script([str(ROOT / "train.py"), *common], cwd=tmp_path)
+    assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-3000:]
+    table = rows(run / "evolve.csv")
+    assert len(table) == 3 and table[:2] == first
+    assert len(rows(run / "gen001" / "results.csv")) == 2  # generation 1 trained afresh: one epoch, one row
