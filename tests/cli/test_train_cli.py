@@ -211,6 +211,15 @@ def test_every_upstream_flag_works_or_is_refused_in_one_line(flag, capsys):
         assert not any(k.startswith("refused_") for k in vars(args))
 
 
+def test_evolve_is_offered_now_with_upstreams_default():
+    from yolodist.cli.train import REFUSED, build_parser
+
+    assert not any("--evolve" in flags for flags in REFUSED)
+    assert build_parser().parse_args(["--evolve"]).evolve == 300
+    assert build_parser().parse_args(["--evolve", "10"]).evolve == 10
+    assert build_parser().parse_args([]).evolve is None
+
+
 def test_a_refused_upstream_flag_is_one_line_from_the_command(tmp_path):
     proc = run_script([str(ROOT / "train.py"), "--quad", "--epochs", "1"], cwd=tmp_path)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr

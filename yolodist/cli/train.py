@@ -14,7 +14,7 @@ from yolodist.cli.flags import (
     add_refused,
     add_run_dir,
 )
-from yolodist.config.presets import resolve_profile
+from yolodist.config.presets import TRAIN_PROJECT, resolve_evolve, resolve_profile
 from yolodist.config.schema import AMP_MODES, OPTIMIZERS, TrainConfig
 
 
@@ -49,6 +49,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--noval", action="store_true", help="only validate final epoch")
     p.add_argument("--noautoanchor", action="store_true", help="disable AutoAnchor")
     p.add_argument("--noplots", action="store_true", help="save no plot files")
+    p.add_argument(
+        "--evolve",
+        type=int,
+        nargs="?",
+        const=300,
+        default=None,
+        help="evolve hyperparameters for x generations in all (runs/evolve; continue with --exist-ok)",
+    )
     p.add_argument("--cache", nargs="?", const="ram", default=None, help="image --cache ram (default) or disk")
     p.add_argument(
         "--image-weights",
@@ -63,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--optimizer", choices=OPTIMIZERS, default=None, help="optimizer (default SGD; the demo uses AdamW)")
     p.add_argument("--sync-bn", action="store_true", help="use SyncBatchNorm, only available in DDP mode")
     p.add_argument("--workers", type=int, default=8, help="max dataloader workers (per process)")
-    add_run_dir(p, "runs/train")
+    add_run_dir(p, TRAIN_PROJECT)
     p.add_argument("--cos-lr", action="store_true", help="cosine LR scheduler")
     p.add_argument("--label-smoothing", type=float, default=0.0, help="label smoothing epsilon")
     p.add_argument("--patience", type=int, default=100, help="EarlyStopping patience (epochs without improvement)")
@@ -99,10 +107,6 @@ def build_parser() -> argparse.ArgumentParser:
 _NO_WANDB = "is a Weights & Biases option and yolodist has no W&B logger; every epoch's metrics are in results.csv"
 # Upstream v7.0 train.py flags that yolodist does not offer (yet), each with what to do instead.
 REFUSED = {
-    ("--evolve",): (
-        "(hyperparameter evolution) is not available in yolodist yet; evolve with upstream YOLOv5 instead and "
-        "train here with its result (--hyp hyp_evolve.yaml)"
-    ),
     ("--quad",): "(upstream's 4-images-per-tile collate) is not implemented in yolodist; train without it",
     ("--bucket",): "(a gsutil bucket) is not supported; copy the data locally (gsutil -m cp -r) and point --data at it",
     ("--entity",): _NO_WANDB,
@@ -161,7 +165,7 @@ def strip_launch_flags(argv: list[str]) -> list[str]:
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    values = resolve_profile({k: v for k, v in vars(args).items() if k not in LAUNCH_FLAGS})
+    values = resolve_evolve(resolve_profile({k: v for k, v in vars(args).items() if k not in LAUNCH_FLAGS}))
     freeze = values.pop("freeze")
     return TrainConfig(**values, freeze=tuple(freeze))
 
@@ -186,6 +190,11 @@ def main(argv: list[str] | None = None) -> int:
             return launcher.launch(where, "yolodist.cli", ["train", *strip_launch_flags(argv)])
         from yolodist.engine.launch import train  # heavy imports only after the flags are fine
 
-        return train(config_from_args(args))
+        cfg = config_from_args(args)
+        if cfg.evolve:
+            from yolodist.evolve.loop import evolve
+
+            return train(cfg, body=evolve)
+        return train(cfg)
 
     return run_command("train", body)

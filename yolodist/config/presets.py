@@ -10,6 +10,8 @@ from __future__ import annotations
 from yolodist.errors import BadFlag
 
 BUILTIN_DATA = "shapes.yaml"
+TRAIN_PROJECT = "runs/train"
+EVOLVE_PROJECT = "runs/evolve"
 
 UPSTREAM = {
     "weights": "yolov5s.pt",
@@ -53,4 +55,18 @@ def resolve_profile(flags: dict) -> dict:
         values["weights"] = ""
     if not values["weights"] and not values["cfg"] and not values.get("resume"):
         raise BadFlag("nothing to train: give --cfg yolov5s.yaml (from scratch) or --weights path/to/model.pt")
+    return values
+
+
+def resolve_evolve(flags: dict) -> dict:
+    """Upstream's meaning of the flags under --evolve: runs go to runs/evolve unless --project says
+    otherwise, and a bare --resume continues the evolution in --project/--name (it sets --exist-ok).
+    --resume with a checkpoint path stays set, for TrainConfig to refuse in one line."""
+    values = dict(flags)
+    if not values.get("evolve"):
+        return values
+    if values.get("project") == TRAIN_PROJECT:
+        values["project"] = EVOLVE_PROJECT
+    if values.get("resume") is True:
+        values["exist_ok"], values["resume"] = True, False
     return values

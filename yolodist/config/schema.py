@@ -123,6 +123,8 @@ class TrainConfig:
     # Speed levers (not upstream flags): autocast precision and the convolutions' memory layout.
     amp: str = "auto"
     channels_last: bool = True
+    # Hyperparameter evolution: how many generations (trainings) in all; None trains once.
+    evolve: int | None = None
 
     def __post_init__(self) -> None:
         checks = [
@@ -137,6 +139,12 @@ class TrainConfig:
             (0 <= self.label_smoothing < 1, "--label-smoothing must be in [0, 1)"),
             (self.patience >= 0, "--patience must not be negative (0 disables early stopping)"),
             (self.amp in AMP_MODES, f"--amp must be one of {', '.join(AMP_MODES)}, got {self.amp!r}"),
+            (self.evolve is None or self.evolve >= 1, f"--evolve must be at least 1 generation, got {self.evolve}"),
+            (
+                not (self.evolve and self.resume),
+                "--evolve cannot resume a training from a checkpoint; to continue an evolution run the same "
+                "command with --exist-ok (or a bare --resume) and the same --project/--name",
+            ),
             (
                 not (self.image_weights and self.rect),
                 "--image-weights draws images at random and --rect needs batches of images of similar shape; "

@@ -58,7 +58,8 @@ def prepare_run_dir(cfg: TrainConfig, env: DistEnv, resume_dir: Path | None) -> 
     return build.broadcast_run_dir(path, env)
 
 
-def setup(cfg: TrainConfig, env: DistEnv) -> Run:
+def setup(cfg: TrainConfig, env: DistEnv, hyp: Hyp | None = None) -> Run:
+    """Build the run; ``hyp`` (hyperparameter evolution's values) replaces the --hyp file when given."""
     seed_everything(cfg.seed, cfg.deterministic)
     cfg = restarts.continue_after_restart(cfg, env)
     # A --weights URL or release name is fetched once per node, not once per rank.
@@ -66,7 +67,10 @@ def setup(cfg: TrainConfig, env: DistEnv) -> Run:
         ckpt, resume_dir = resume.load_start(cfg)
     if ckpt is not None and cfg.resume:
         cfg = resume.restore_config(cfg, ckpt)
-    hyp = Hyp.from_dict(ckpt["hyp"]) if cfg.resume else build.load_hyp_for(cfg)
+    if cfg.resume:
+        hyp = Hyp.from_dict(ckpt["hyp"])
+    elif hyp is None:
+        hyp = build.load_hyp_for(cfg)
     save_dir = prepare_run_dir(cfg, env, resume_dir)
     restarts.remember_run(cfg, env, save_dir)
     if env.is_main:

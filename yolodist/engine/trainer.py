@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from yolodist.config.schema import TrainConfig
+from yolodist.config.schema import Hyp, TrainConfig
 from yolodist.data.image_weights import epoch_image_weights
 from yolodist.dist import collectives
 from yolodist.dist.env import DistEnv
@@ -37,6 +37,7 @@ class FitResult:
     epochs_run: int
     best_fitness: float
     final: ValResult
+    hyp: Hyp | None = None  # the hyperparameters this process trained with
 
 
 class EarlyStopping:
@@ -57,9 +58,12 @@ class EarlyStopping:
         return stop
 
 
-def fit(cfg: TrainConfig, env: DistEnv) -> FitResult:
-    """Train for the configured epochs: train, validate the EMA, save, report; stop early when told."""
-    run = setup(cfg, env)
+def fit(cfg: TrainConfig, env: DistEnv, hyp: Hyp | None = None) -> FitResult:
+    """Train for the configured epochs: train, validate the EMA, save, report; stop early when told.
+
+    ``hyp`` replaces the --hyp file (hyperparameter evolution trains the values it bred).
+    """
+    run = setup(cfg, env, hyp)
     cfg = run.cfg
     LOGGER.info(
         f"Image sizes {cfg.imgsz} train, {cfg.imgsz} val; {env.world_size} process(es) x "
@@ -83,7 +87,7 @@ def fit(cfg: TrainConfig, env: DistEnv) -> FitResult:
             f"\n{epoch - run.start_epoch + 1} epochs completed in {hours:.3f} hours.\n"
             f"Results saved to {colorstr(str(run.save_dir), 'bold')}"
         )
-    return FitResult(run.save_dir, epoch - run.start_epoch + 1, run.best_fitness, result)
+    return FitResult(run.save_dir, epoch - run.start_epoch + 1, run.best_fitness, result, run.hyp)
 
 
 def guarded_epochs(run: Run, guard: Guard) -> tuple[int, ValResult]:

@@ -1,0 +1,1 @@
+"""Hyperparameter evolution (``train.py --evolve``): a genetic search where each generation is a training."""
