@@ -87,7 +87,9 @@ def setup(cfg: TrainConfig, env: DistEnv) -> Run:
     net = build.wrap_model(model, env, cfg)
     loss_fn = build.LossFn(model, len(names), hyp, cfg)
     ctx = StepContext(net, model, loss_fn, optim.optimizer, optim.scaler, ema, env, cfg.batch_size, autocast=autocast)
-    reporter = MainReporter(save_dir, cfg.epochs, env.device) if env.is_main else NullReporter()
+    reporter: MainReporter | NullReporter = NullReporter()
+    if env.is_main:
+        reporter = MainReporter(save_dir, cfg.epochs, env.device, cfg.batch_size)
     warmup_iters = build.warmup_iterations(cfg, hyp, len(data.train_loader))
     run = Run(
         cfg, env, hyp, save_dir, model, ema, optim, data, ctx, reporter, stride, warmup_iters, start_epoch, best_fitness
