@@ -1,7 +1,8 @@
 """Console and file reporting. Rank 0 gets a MainReporter; every other rank a NullReporter.
 
 The main rank shows progress (a bar on a terminal, plain lines in a log: engine/progress.py), the
-metrics table, and writes results.csv.
+metrics table, and writes results.csv and, when tensorboard is installed, the same scalars as
+TensorBoard events (engine/tensorboard_log.py).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from pathlib import Path
 import torch
 
 from yolodist.engine.progress import EpochBar, EpochLines, StepProgress
+from yolodist.engine.tensorboard_log import TensorBoardLog
 from yolodist.eval.validator import ValResult, format_table
 from yolodist.utils.console import progress_mode
 
@@ -55,7 +57,7 @@ class NullReporter:
 
 
 class MainReporter:
-    """Progress, the metrics table and results.csv for the main rank."""
+    """Progress, the metrics table, results.csv and TensorBoard for the main rank."""
 
     def __init__(
         self,
@@ -63,11 +65,13 @@ class MainReporter:
         epochs: int,
         device: torch.device,
         batch_size: int,
+        tensorboard: TensorBoardLog | None = None,
     ) -> None:
         self.save_dir = save_dir
         self.device = device
         self.csv_path = save_dir / "results.csv"
         self.progress = EpochBar(epochs) if progress_mode() == "bar" else EpochLines(epochs, batch_size)
+        self.tensorboard = tensorboard
 
     def epoch_start(self, epoch: int, steps: int, start: int = 0) -> None:
         """Epoch ``epoch`` of ``steps`` batches begins at batch ``start`` (after a resume mid-epoch)."""
@@ -103,7 +107,11 @@ class MainReporter:
                 writer.writerow([f"{c:>20s}" for c in RESULTS_COLUMNS])
             writer.writerow([f"{v:>20.5g}" if isinstance(v, float) else f"{v:>20d}" for v in row])
             f.flush()
+        if self.tensorboard is not None:
+            self.tensorboard.epoch(dict(zip(RESULTS_COLUMNS[1:], row[1:], strict=True)), epoch)
 
     def close(self) -> None:
         """The end of training, finished or not: close what is open."""
         self.progress.epoch_end()
+        if self.tensorboard is not None:
+            self.tensorboard.close()
