@@ -18,7 +18,7 @@ WORKDIR /app
 # Dependencies first, in a layer of their own: a source change does not reinstall torch.
 COPY pyproject.toml constraints.txt README.md ./
 COPY yolodist/__init__.py yolodist/__init__.py
-RUN pip install -c constraints.txt ".[export,coco]" && pip uninstall -y yolodist
+RUN pip install -c constraints.txt ".[export,coco,tensorboard]" && pip uninstall -y yolodist
 
 COPY yolodist ./yolodist
 COPY train.py val.py detect.py export.py ./

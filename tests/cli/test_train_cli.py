@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import csv
+import importlib.util
 import shutil
 from pathlib import Path
 
 import pytest
 import torch
 
-from tests.conftest import ROOT, run_script
+from tests.conftest import ROOT, run_script, tensorboard_scalars
 
 TINY = [
     "--cfg",
@@ -117,6 +118,14 @@ def test_resume_matches_uninterrupted(tmp_path, tiny_shapes, extra):
     # A finished run cannot be resumed again; the message says what to do instead.
     proc = run_script([str(ROOT / "train.py"), "--resume", str(interrupted / "weights" / "last.pt")], cwd=tmp_path)
     assert proc.returncode != 0 and "already finished" in proc.stderr and "Traceback" not in proc.stderr
+    if importlib.util.find_spec("tensorboard") is not None:
+        # The resumed run's TensorBoard steps carry on from its first epoch, in the run's own directory.
+        assert len(list(interrupted.glob("events.out.tfevents.*"))) == 1
+        resumed, uninterrupted = tensorboard_scalars(interrupted), tensorboard_scalars(full)
+        assert sorted(resumed) == sorted(uninterrupted)
+        for tag, series in uninterrupted.items():
+            assert [step for step, _ in series] == [0, 1, 2]
+            assert resumed[tag] == series[1:], tag  # bitwise the same training, so the same values
 
 
 @pytest.mark.parametrize(

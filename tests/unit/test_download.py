@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import io
+import logging
 import os
 import stat
 import tarfile
@@ -77,15 +78,27 @@ def _listing(folder: Path) -> list[str]:
 # ----------------------------------------------------------------------------------------- download
 
 
-def test_http_download_with_progress(site, tmp_path, capsys):
+def test_http_download_with_progress(site, tmp_path, capsys, monkeypatch):
     root, url = site
     payload = os.urandom(300_000)
     (root / "payload.bin").write_bytes(payload)
     dest = tmp_path / "out" / "payload.bin"
+    monkeypatch.setenv("YOLODIST_PROGRESS", "bar")  # as on a terminal
     assert download(f"{url}/payload.bin", dest, desc="payload") == dest
     assert dest.read_bytes() == payload and _listing(dest.parent) == ["payload.bin"]
     err = capsys.readouterr().err
     assert "payload" in err and "100%" in err  # tqdm knew the total from Content-Length
+
+
+def test_http_download_in_a_log_is_one_line(site, tmp_path, capsys, caplog, monkeypatch):
+    root, url = site
+    (root / "payload.bin").write_bytes(os.urandom(300_000))
+    monkeypatch.setenv("YOLODIST_PROGRESS", "lines")  # as in a batch job's log file
+    caplog.set_level(logging.INFO, logger="yolodist")
+    download(f"{url}/payload.bin", tmp_path / "payload.bin", desc="payload")
+    captured = capsys.readouterr()
+    assert "\r" not in captured.err + captured.out and "%|" not in captured.err
+    assert [r.getMessage().split(" in ")[0] for r in caplog.records] == ["payload: 0.3 MiB"]
 
 
 def test_file_url(tmp_path):

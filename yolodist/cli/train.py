@@ -104,7 +104,10 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-_NO_WANDB = "is a Weights & Biases option and yolodist has no W&B logger; every epoch's metrics are in results.csv"
+_NO_WANDB = (
+    "is a Weights & Biases option and yolodist has no W&B logger; every epoch's metrics are in results.csv "
+    "(and in TensorBoard, when tensorboard is installed)"
+)
 # Upstream v7.0 train.py flags that yolodist does not offer (yet), each with what to do instead.
 REFUSED = {
     ("--quad",): "(upstream's 4-images-per-tile collate) is not implemented in yolodist; train without it",

@@ -1,4 +1,9 @@
-"""Console and file reporting. Rank 0 gets a MainReporter; every other rank a NullReporter."""
+"""Console and file reporting. Rank 0 gets a MainReporter; every other rank a NullReporter.
+
+The main rank shows progress (a bar on a terminal, plain lines in a log: engine/progress.py), the
+metrics table, and writes results.csv and, when tensorboard is installed, the same scalars as
+TensorBoard events (engine/tensorboard_log.py).
+"""
 
 from __future__ import annotations
 
@@ -7,9 +12,11 @@ import logging
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
+from yolodist.engine.progress import EpochBar, EpochLines, StepProgress
+from yolodist.engine.tensorboard_log import TensorBoardLog
 from yolodist.eval.validator import ValResult, format_table
+from yolodist.utils.console import progress_mode
 
 LOGGER = logging.getLogger(__name__)
 
@@ -29,7 +36,6 @@ RESULTS_COLUMNS = (
     "x/lr1",
     "x/lr2",
 )
-BAR_FORMAT = "{l_bar}{bar:10}{r_bar}"
 
 
 def memory_text(device: torch.device) -> str:
@@ -51,37 +57,33 @@ class NullReporter:
 
 
 class MainReporter:
-    """Progress bars, the metrics table and results.csv for the main rank."""
+    """Progress, the metrics table, results.csv and TensorBoard for the main rank."""
 
-    def __init__(self, save_dir: Path, epochs: int, device: torch.device) -> None:
+    def __init__(
+        self,
+        save_dir: Path,
+        epochs: int,
+        device: torch.device,
+        batch_size: int,
+        tensorboard: TensorBoardLog | None = None,
+    ) -> None:
         self.save_dir = save_dir
-        self.epochs = epochs
         self.device = device
         self.csv_path = save_dir / "results.csv"
-        self.bar: tqdm | None = None
+        self.progress = EpochBar(epochs) if progress_mode() == "bar" else EpochLines(epochs, batch_size)
+        self.tensorboard = tensorboard
 
-    def epoch_start(self, epoch: int, steps: int) -> None:
-        LOGGER.info(("\n" + "%11s" * 7) % ("Epoch", "Mem", "box_loss", "obj_loss", "cls_loss", "Instances", "Size"))
-        self.bar = tqdm(total=steps, bar_format=BAR_FORMAT, leave=True, mininterval=1.0, dynamic_ncols=False)
-        self.epoch = epoch
+    def epoch_start(self, epoch: int, steps: int, start: int = 0) -> None:
+        """Epoch ``epoch`` of ``steps`` batches begins at batch ``start`` (after a resume mid-epoch)."""
+        self.progress.epoch_start(epoch, steps, start)
 
-    def step(self, mean_losses: torch.Tensor, instances: int, size: int, advance: int) -> None:
-        if self.bar is None:
-            return
-        desc = ("%11s" * 2 + "%11.4g" * 5) % (
-            f"{self.epoch}/{self.epochs - 1}",
-            memory_text(self.device),
-            *mean_losses.tolist(),
-            instances,
-            size,
-        )
-        self.bar.set_description_str(desc, refresh=False)
-        self.bar.update(advance)
+    def step(self, mean_losses: torch.Tensor, instances: int, size: int, done: int, advance: int) -> None:
+        """At a loss sync: ``done`` batches of the epoch trained, ``advance`` of them since the last sync."""
+        memory = memory_text(self.device)
+        self.progress.step(StepProgress(done, advance, mean_losses.tolist(), instances, size, memory))
 
     def epoch_end(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
+        self.progress.epoch_end()
 
     def validation(self, result: ValResult, per_class: bool) -> None:
         LOGGER.info(format_table(result, per_class))
@@ -105,3 +107,11 @@ class MainReporter:
                 writer.writerow([f"{c:>20s}" for c in RESULTS_COLUMNS])
             writer.writerow([f"{v:>20.5g}" if isinstance(v, float) else f"{v:>20d}" for v in row])
             f.flush()
+        if self.tensorboard is not None:
+            self.tensorboard.epoch(dict(zip(RESULTS_COLUMNS[1:], row[1:], strict=True)), epoch)
+
+    def close(self) -> None:
+        """The end of training, finished or not: close what is open."""
+        self.progress.epoch_end()
+        if self.tensorboard is not None:
+            self.tensorboard.close()

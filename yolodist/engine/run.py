@@ -16,6 +16,7 @@ from yolodist.engine import build, precision, restarts, resume
 from yolodist.engine.ema import ModelEMA
 from yolodist.engine.report import MainReporter, NullReporter
 from yolodist.engine.step import StepContext
+from yolodist.engine.tensorboard_log import open_tensorboard
 from yolodist.models import Model
 from yolodist.utils.io import atomic_write_text, cleanup_stale_tmp
 from yolodist.utils.log import colorstr
@@ -95,7 +96,9 @@ def setup(cfg: TrainConfig, env: DistEnv, hyp: Hyp | None = None) -> Run:
     net = build.wrap_model(model, env, cfg)
     loss_fn = build.LossFn(model, len(names), hyp, cfg)
     ctx = StepContext(net, model, loss_fn, optim.optimizer, optim.scaler, ema, env, cfg.batch_size, autocast=autocast)
-    reporter = MainReporter(save_dir, cfg.epochs, env.device) if env.is_main else NullReporter()
+    reporter: MainReporter | NullReporter = NullReporter()
+    if env.is_main:
+        reporter = MainReporter(save_dir, cfg.epochs, env.device, cfg.batch_size, open_tensorboard(save_dir))
     warmup_iters = build.warmup_iterations(cfg, hyp, len(data.train_loader))
     run = Run(
         cfg, env, hyp, save_dir, model, ema, optim, data, ctx, reporter, stride, warmup_iters, start_epoch, best_fitness

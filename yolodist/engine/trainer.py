@@ -75,9 +75,12 @@ def fit(cfg: TrainConfig, env: DistEnv, hyp: Hyp | None = None) -> FitResult:
         labels = np.concatenate([lb for lb in run.data.train_set.labels if len(lb)] or [np.zeros((0, 5))])
         plots.safe_plot(plots.plot_labels, labels, run.data.names, run.save_dir / "labels.jpg")
     t0 = time.time()
-    with Guard(env, cfg.dist_timeout) as guard:
-        run.ctx.pending_signal = guard.pending_signal
-        epoch, result = guarded_epochs(run, guard)
+    try:
+        with Guard(env, cfg.dist_timeout) as guard:
+            run.ctx.pending_signal = guard.pending_signal
+            epoch, result = guarded_epochs(run, guard)
+    finally:
+        run.reporter.close()
     restarts.forget_run(cfg, env)
     if plotting and (run.save_dir / "results.csv").is_file():
         plots.safe_plot(plots.plot_results, run.save_dir / "results.csv")
@@ -179,7 +182,7 @@ def train_one_epoch(run: Run, epoch: int, guard: Guard | None = None, start: int
     ctx.net.train()
     data.train_sampler.set_epoch(epoch)
     steps = len(data.train_loader)
-    reporter.epoch_start(epoch, steps)
+    reporter.epoch_start(epoch, steps, start)
     started = time.perf_counter()
     loss_sum = torch.zeros(3, device=ctx.env.device)
     mean_losses = torch.zeros(3)
@@ -202,7 +205,7 @@ def train_one_epoch(run: Run, epoch: int, guard: Guard | None = None, start: int
             after_update(run, epoch, i)
         if (i + 1) % LOG_EVERY == 0 or i == steps - 1:
             mean_losses = collectives.all_reduce(loss_sum.clone(), ctx.env, op="sum").cpu() / (i + 1 - start)
-            reporter.step(mean_losses, int(targets.shape[0]), imgs.shape[-1], advance=i + 1 - logged)
+            reporter.step(mean_losses, int(targets.shape[0]), imgs.shape[-1], done=i + 1, advance=i + 1 - logged)
             logged = i + 1
     reporter.epoch_end()
     seconds = time.perf_counter() - started

@@ -23,6 +23,7 @@ import os
 import re
 import stat
 import tarfile
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -33,6 +34,7 @@ from pathlib import Path, PurePosixPath
 from tqdm import tqdm
 
 from yolodist.errors import BadData, UserError
+from yolodist.utils.console import bars_wanted
 from yolodist.utils.io import temp_path_for
 
 LOGGER = logging.getLogger(__name__)
@@ -116,8 +118,11 @@ def download(
             length = response.headers.get("Content-Length")
             total = int(length) if length and length.isdigit() else None
             received = 0
+            # In a log file (a batch job) a redrawn bar is noise: one line when the file is complete instead.
+            bar_shown = progress and bars_wanted()
+            started = time.monotonic()
             with tqdm(
-                total=total, desc=desc or dest.name, unit="B", unit_scale=True, unit_divisor=1024, disable=not progress
+                total=total, desc=desc or dest.name, unit="B", unit_scale=True, unit_divisor=1024, disable=not bar_shown
             ) as bar:
                 while chunk := response.read(_CHUNK):
                     f.write(chunk)
@@ -129,6 +134,8 @@ def download(
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, dest)
+        if progress and not bar_shown:
+            LOGGER.info(f"{desc or dest.name}: {received / 2**20:.1f} MiB in {time.monotonic() - started:.1f} s")
     except BaseException as e:
         # BaseException too: an interrupted download must not leave its temp file behind.
         with contextlib.suppress(OSError):
