@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import shlex
 import sys
+import time
 
 import pytest
 import torch
@@ -50,3 +52,19 @@ def test_srun_of_one_task_is_one_process(slurm_cluster, tmp_path, tiny_shapes):
     proc = slurm_cluster.run("srun", "-n", "1", sys.executable, *common, timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     assert "1 process(es) x 8 images" in proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize(("dead", "line"), [(1, "rank(s) 1 of 2 never joined within 10 s"), (0, "rank 0 never opened")])
+def test_a_task_that_never_joins_is_named_by_the_ranks_that_did(slurm_cluster, tmp_path, tiny_shapes, dead, line):
+    """One task of two exits before joining: the other ends within --dist-timeout with one line naming it."""
+    common = [*invariance_args(tiny_shapes, tmp_path), "--dist-timeout", "10", "--name", "partial"]
+    task = f'[ "$SLURM_PROCID" = {dead} ] && exit 3; exec {shlex.join([sys.executable, *common])}'
+    started = time.monotonic()
+    proc = slurm_cluster.run("srun", "-n", "2", "--kill-on-bad-exit=0", "bash", "-c", task, timeout=200, cwd=tmp_path)
+    seconds = time.monotonic() - started
+    output = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "Traceback" not in output, output[-3000:]
+    errors = [ln for ln in output.splitlines() if "yolodist train: error:" in ln]
+    assert len(errors) == 1 and line in errors[0], output[-3000:]
+    assert f"rank {1 - dead}:" in errors[0]
+    assert seconds < 100, seconds  # the 10 s wait, after start-up (imports, dataset scan) on a loaded machine

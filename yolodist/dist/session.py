@@ -6,6 +6,7 @@ import contextlib
 import datetime
 import logging
 import os
+import time
 from collections.abc import Iterator
 
 import torch
@@ -55,8 +56,43 @@ def _user_error(error: Exception, env: DistEnv, timeout_s: float) -> UserError |
     return None
 
 
-def _host_for_url(host: str) -> str:
-    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+JOINED = "yolodist/joined/"
+
+
+def _joined_store(env: DistEnv, timeout_s: float) -> dist.Store:
+    """The job's store (rank 0 hosts it) once every rank has checked in; otherwise which ranks did not.
+
+    Without a launcher agent nobody else notices a task that died before joining: torch's own wait
+    would only say how many ranks are missing, after its timeout. Here each rank checks in under its
+    own key, so the ranks that did start can name the ones that never came.
+    """
+    timeout = datetime.timedelta(seconds=timeout_s)
+    where = f"{env.master_addr}:{env.master_port}"
+    try:
+        store = dist.TCPStore(
+            env.master_addr, env.master_port, env.world_size, is_master=env.is_main, timeout=timeout,
+            wait_for_workers=False,
+        )  # fmt: skip
+    except (RuntimeError, ValueError) as error:
+        if env.is_main:
+            raise
+        raise DistFailure(
+            f"rank {env.rank}: rank 0 never opened the job's store at {where} within {timeout_s:g} s; its task "
+            "did not start or failed first (see the job's log), or the port is blocked between the nodes"
+        ) from error
+    store.set(f"{JOINED}{env.rank}", str(env.node_rank))
+    deadline = time.monotonic() + timeout_s
+    while True:
+        missing = [r for r in range(env.world_size) if not store.check([f"{JOINED}{r}"])]
+        if not missing:
+            return store
+        if time.monotonic() > deadline:
+            names = ", ".join(str(r) for r in missing[:8]) + (" ..." if len(missing) > 8 else "")
+            raise DistFailure(
+                f"rank {env.rank}: rank(s) {names} of {env.world_size} never joined within {timeout_s:g} s "
+                "(--dist-timeout); their tasks did not start or failed first: see the job's log"
+            )
+        time.sleep(0.2)
 
 
 def _init(env: DistEnv, timeout_s: float) -> None:
@@ -77,13 +113,9 @@ def _init(env: DistEnv, timeout_s: float) -> None:
                 env.backend, store=store, rank=env.rank, world_size=env.world_size, timeout=timeout, device_id=device_id
             )
         elif env.master_addr:  # srun without torchrun: no MASTER_* variables, the address comes from SLURM
+            store = _joined_store(env, timeout_s)
             dist.init_process_group(
-                env.backend,
-                init_method=f"tcp://{_host_for_url(env.master_addr)}:{env.master_port}",
-                rank=env.rank,
-                world_size=env.world_size,
-                timeout=timeout,
-                device_id=device_id,
+                env.backend, store=store, rank=env.rank, world_size=env.world_size, timeout=timeout, device_id=device_id
             )
         else:
             dist.init_process_group(env.backend, timeout=timeout, device_id=device_id)
