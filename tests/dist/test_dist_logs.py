@@ -18,23 +18,10 @@ import pytest
 from tests.conftest import tensorboard_scalars
 from tests.dist.conftest import ROOT, free_port
 from tests.dist.launch_helpers import Finished, run_one, tiny_train_args, torchrun_command
+from yolodist.engine.report import RESULTS_COLUMNS
 
 EPOCHS = 3  # not 2: a line printed by both ranks must not pass for one printed each epoch
-TAGS = (
-    "train/box_loss",
-    "train/obj_loss",
-    "train/cls_loss",
-    "metrics/precision",
-    "metrics/recall",
-    "metrics/mAP_0.5",
-    "metrics/mAP_0.5:0.95",
-    "val/box_loss",
-    "val/obj_loss",
-    "val/cls_loss",
-    "x/lr0",
-    "x/lr1",
-    "x/lr2",
-)
+TAGS = RESULTS_COLUMNS[1:]  # every column but the epoch, which is the step
 TABLE_LINE = re.compile(r"^\s+(Class\s+Images\s+Instances\s+P\s+R\s+mAP50\s+mAP50-95|all(\s+\S+){6})$")
 PROGRESS_LINE = re.compile(rf"^epoch (\d+)/{EPOCHS - 1}  \d+/\d+ batches  box .* img/s  ETA \d+:\d\d:\d\d$")
 

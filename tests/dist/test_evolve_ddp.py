@@ -8,6 +8,7 @@ import pytest
 import yaml
 
 from tests.conftest import ROOT
+from tests.dist.launch_helpers import tiny_train_args
 from tests.dist.test_ddp import torchrun
 from yolodist.evolve.space import NAMES
 
@@ -16,34 +17,8 @@ pytestmark = pytest.mark.dist
 
 @pytest.mark.timeout(300)
 def test_two_ranks_evolve_two_generations(tmp_path, tiny_shapes):
-    proc = torchrun(
-        [
-            str(ROOT / "train.py"),
-            "--data",
-            str(tiny_shapes),
-            "--cfg",
-            "yolov5n.yaml",
-            "--weights",
-            "",
-            "--img",
-            "64",
-            "--batch",
-            "4",
-            "--epochs",
-            "1",
-            "--workers",
-            "0",
-            "--device",
-            "cpu",
-            "--project",
-            str(tmp_path / "runs"),
-            "--name",
-            "evo",
-            "--evolve",
-            "2",
-        ],  # fmt: skip
-        cwd=tmp_path,
-    )
+    args = tiny_train_args(tiny_shapes, tmp_path / "runs", "evo", "--evolve", "2")
+    proc = torchrun([str(ROOT / "train.py"), *args], cwd=tmp_path)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     run = tmp_path / "runs" / "evo"

@@ -20,11 +20,9 @@ from yolodist.utils.console import progress_mode
 
 LOGGER = logging.getLogger(__name__)
 
-RESULTS_COLUMNS = (
-    "epoch",
-    "train/box_loss",
-    "train/obj_loss",
-    "train/cls_loss",
+# results.csv's columns, as upstream's (also the TensorBoard tags and, for validation, evolve.csv's).
+TRAIN_LOSS_COLUMNS = ("train/box_loss", "train/obj_loss", "train/cls_loss")
+VAL_COLUMNS = (
     "metrics/precision",
     "metrics/recall",
     "metrics/mAP_0.5",
@@ -32,10 +30,9 @@ RESULTS_COLUMNS = (
     "val/box_loss",
     "val/obj_loss",
     "val/cls_loss",
-    "x/lr0",
-    "x/lr1",
-    "x/lr2",
 )
+LR_COLUMNS = ("x/lr0", "x/lr1", "x/lr2")
+RESULTS_COLUMNS = ("epoch", *TRAIN_LOSS_COLUMNS, *VAL_COLUMNS, *LR_COLUMNS)
 
 
 def memory_text(device: torch.device) -> str:

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from yolodist.config.io import dump_yaml
+from yolodist.engine.report import VAL_COLUMNS
 from yolodist.errors import BadConfig
 from yolodist.eval.metrics import fitness
 from yolodist.evolve.space import NAMES, RESULTS
@@ -26,15 +27,7 @@ from yolodist.utils.io import atomic_write_text
 
 LOGGER = logging.getLogger(__name__)
 
-RESULT_COLUMNS = (
-    "metrics/precision",
-    "metrics/recall",
-    "metrics/mAP_0.5",
-    "metrics/mAP_0.5:0.95",
-    "val/box_loss",
-    "val/obj_loss",
-    "val/cls_loss",
-)
+RESULT_COLUMNS = VAL_COLUMNS  # the final validation of each generation
 COLUMNS = (*RESULT_COLUMNS, *NAMES)
 WIDTH = 20
 
