@@ -98,7 +98,7 @@ def guarded_epochs(run: Run, guard: Guard) -> tuple[int, ValResult]:
     try:
         return run_epochs(run, guard)
     except StopRequested as stop:
-        with guard.paused():
+        with guard.phase("saving"):
             raise interrupted(run, stop) from None
     except Exception as error:
         kind = collectives.peer_failure(error)
@@ -121,13 +121,15 @@ def run_epochs(run: Run, guard: Guard) -> tuple[int, ValResult]:
         lrs = [group["lr"] for group in run.optim.optimizer.param_groups]
         run.optim.scheduler.step()
         final_epoch = epoch + 1 == cfg.epochs
-        with guard.paused():  # validation and saving have their own waits and timeouts
-            validated = validate_epoch(run, final_epoch)
+        # Validation and saving run under the watchdog too: a rank hung there is ended and named.
+        with guard.phase("validating"):
+            validated = validate_epoch(run, final_epoch, guard)
             if validated is not None and validated.maps is not None:  # rank 0 holds the metrics
                 run.maps = validated.maps
             result = validated or result
             run.best_fitness = max(run.best_fitness, result.fitness)
             run.reporter.results_row(epoch, train_losses, result, lrs)
+        with guard.phase("saving"):
             stop, failed = False, None
             if env.is_main:
                 stop = stopper(epoch, result.fitness)
@@ -156,8 +158,11 @@ def draw_by_image_weights(run: Run) -> None:
     data.train_set.set_draw_weights(weights)
 
 
-def validate_epoch(run: Run, final_epoch: bool) -> ValResult | None:
-    """Validate the EMA when this epoch is validated (every epoch, or only the last with --noval)."""
+def validate_epoch(run: Run, final_epoch: bool, guard: Guard | None = None) -> ValResult | None:
+    """Validate the EMA when this epoch is validated (every epoch, or only the last with --noval).
+
+    With a ``guard``, each validation batch shows the watchdog that this rank is not stuck.
+    """
     cfg = run.cfg
     if run.data.val_loader is None or (cfg.noval and not final_epoch):
         return None
@@ -167,8 +172,9 @@ def validate_epoch(run: Run, final_epoch: bool) -> ValResult | None:
     data = run.data
     # Without --sync-bn each rank's EMA has its own BatchNorm statistics; every rank validates rank 0's.
     collectives.broadcast_buffers(run.ema.ema, run.env)
+    batches = data.val_loader if guard is None else guard.watched(data.val_loader)
     result = validate(
-        run.ema.ema, data.val_loader, run.env, data.names, settings, loss_fn=run.ctx.loss_fn.items, on_batch=on_batch
+        run.ema.ema, batches, run.env, data.names, settings, loss_fn=run.ctx.loss_fn.items, on_batch=on_batch
     )
     run.reporter.validation(result, per_class=final_epoch)
     if plotting:
