@@ -113,11 +113,13 @@ def run_epochs(run: Run, guard: Guard) -> tuple[int, ValResult]:
     stopper = EarlyStopping(cfg.patience)
     result = ValResult()
     epoch = run.start_epoch - 1
+    broken: set[str] = set()
     for epoch in range(run.start_epoch, cfg.epochs):
         start = run.start_batch if epoch == run.start_epoch else 0
         if cfg.image_weights:
             draw_by_image_weights(run)
         train_losses = train_one_epoch(run, epoch, guard, start)
+        report_broken_images(run, epoch, broken)
         lrs = [group["lr"] for group in run.optim.optimizer.param_groups]
         run.optim.scheduler.step()
         final_epoch = epoch + 1 == cfg.epochs
@@ -148,6 +150,19 @@ def run_epochs(run: Run, guard: Guard) -> tuple[int, ValResult]:
         if signum:
             raise StopRequested(epoch + 1, 0, int(signum), needs_save=cfg.nosave)
     return epoch, result
+
+
+def report_broken_images(run: Run, epoch: int, reported: set[str]) -> None:
+    """Rank 0 names the training images that broke after the scan on any rank (the loaders used others)."""
+    mine = run.data.train_set.broken_after_scan()
+    new = sorted({f for files in collectives.all_gather_object(mine, run.env) for f in files} - reported)
+    reported.update(new)
+    if new and run.env.is_main:
+        shown = ", ".join(new[:5]) + (f" and {len(new) - 5} more" if len(new) > 5 else "")
+        LOGGER.warning(
+            f"epoch {epoch}: {len(new)} training image(s) could not be loaded any more and were replaced by "
+            f"others ({len(reported)} in this run so far): {shown}"
+        )
 
 
 def draw_by_image_weights(run: Run) -> None:
