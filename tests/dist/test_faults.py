@@ -235,7 +235,7 @@ def test_a_nonfinite_loss_anywhere_in_the_window_skips_the_update():
 
 WATCHDOG_PROBE = textwrap.dedent(
     """
-    import sys, time
+    import time
     from yolodist.dist.env import DistEnv
     from yolodist.engine.watchdog import Watchdog
 
@@ -248,28 +248,25 @@ WATCHDOG_PROBE = textwrap.dedent(
             dog.progress()
     print("survived the phase", flush=True)
     dog.pet(0, 7)
-    if sys.argv[1] == "saving":
-        with dog.phase("saving"):
-            time.sleep(30)  # hung in a save
-    time.sleep(30)  # hung: the watchdog must end the process long before this
+    with dog.phase("saving"):
+        time.sleep(30)  # hung in a save: the watchdog must end the process long before this
     print("not reached", flush=True)
     """
 )
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize(
-    ("where", "said"),
-    [("step", "at epoch 0 step 7 (--dist-timeout)"), ("saving", "while saving epoch 0 (--dist-timeout)")],
-)
-def test_watchdog_ends_a_hung_process_with_its_stacks(tmp_path, where, said):
+def test_watchdog_ends_a_hung_process_with_its_stacks(tmp_path):
+    """A phase longer than the timeout survives while it shows progress; a hung one is ended, named.
+    (A hang in the training step itself is F3, with real ranks.)"""
     probe = tmp_path / "probe.py"
     probe.write_text(WATCHDOG_PROBE)
     started = time.monotonic()
-    proc = subprocess.run([sys.executable, str(probe), where], capture_output=True, text=True, timeout=45, cwd=ROOT)
+    proc = subprocess.run([sys.executable, str(probe)], capture_output=True, text=True, timeout=45, cwd=ROOT)
     assert proc.returncode != 0
     assert "survived the phase" in proc.stdout and "not reached" not in proc.stdout
-    assert f"rank 1 (node 1) made no progress for 1 s {said}" in proc.stderr, proc.stderr
+    said = "rank 1 (node 1) made no progress for 1 s while saving epoch 0 (--dist-timeout)"
+    assert said in proc.stderr, proc.stderr
     assert "most recent call first" in proc.stderr and "probe.py" in proc.stderr  # the stack dump
     assert time.monotonic() - started < 25
 
