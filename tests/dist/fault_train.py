@@ -12,6 +12,8 @@ Steps count ``train_step`` calls (micro-batches) from 0 over the whole run, on e
     nan-from    rank R's loss is NaN at every step from N on
     empty       rank R's batches have no labels at all (every step)
     slow        every rank sleeps S seconds after each step (time to send a signal mid-epoch)
+    hang-in-val rank R sleeps forever fetching its first validation batch (a stuck validation loader)
+    hang-in-save rank R sleeps forever inside its first checkpoint write (rank 0 saves; a stuck filesystem)
 
 Faults fire in the launcher's first round only: a round restarted by ``--max-restarts``, or a SLURM
 job requeued, runs clean.
@@ -87,12 +89,51 @@ def _install(args: argparse.Namespace) -> None:
         return items
 
     trainer.train_step = faulty
+    if rank == args.rank and args.fault == "hang-in-val":
+        _hang_in_validation(trainer)
+    if rank == args.rank and args.fault == "hang-in-save":
+        _hang_in_checkpoint_write()
+
+
+def _hang_forever(what: str) -> None:
+    print(f"fault_train: rank {_rank()} hangs {what}", flush=True)
+    while True:
+        time.sleep(3600)
+
+
+def _hang_in_validation(trainer) -> None:
+    original = trainer.validate
+
+    def stuck(batches):
+        _hang_forever("fetching its first validation batch")
+        yield from batches
+
+    @functools.wraps(original)
+    def validate(model, batches, *args, **kwargs):
+        return original(model, stuck(batches), *args, **kwargs)
+
+    trainer.validate = validate
+
+
+def _hang_in_checkpoint_write() -> None:
+    import torch
+
+    original = torch.save
+
+    @functools.wraps(original)
+    def save(obj, f, *args, **kwargs):
+        if isinstance(obj, dict) and "model" in obj:  # a checkpoint (its temp file is open by now)
+            _hang_forever("writing a checkpoint")
+        return original(obj, f, *args, **kwargs)
+
+    torch.save = save
 
 
 def main(argv: list[str]) -> int:
     split = argv.index("--") if "--" in argv else len(argv)
     parser = argparse.ArgumentParser()
-    parser.add_argument("--fault", choices=("raise", "hang", "nan", "nan-from", "empty", "slow"), default=None)
+    kinds = ("raise", "hang", "nan", "nan-from", "empty", "slow", "hang-in-val", "hang-in-save")
+    parser.add_argument("--fault", choices=kinds, default=None)
     parser.add_argument("--rank", type=int, default=1)
     parser.add_argument("--step", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=0.5)

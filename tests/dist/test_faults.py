@@ -1,4 +1,5 @@
-"""Failures, hangs and non-finite losses with real ranks on gloo (RELIABILITY.md F1, F2, F3, C7, C8).
+"""Failures, hangs (in a step, in validation, in a save) and non-finite losses with real ranks on gloo
+(RELIABILITY.md F1, F2, F3, C7, C8).
 
 Faults are injected by ``fault_train.py``, which patches the trainer in the test process only.
 Every launcher writes to files (no pipe can fill up and block it) and carries a marker, so anything
@@ -152,6 +153,10 @@ def test_laggards_are_named_from_the_heartbeats():
     # A rank behind the others is named even while it waits.
     behind = describe_laggards({0: "1 0 waiting 0", 1: "0 3 waiting 0", 2: "1 0 waiting 1"}, 4, me=0)
     assert behind.startswith("rank 1 (node 0) is at epoch 0 step 3, waiting") and "rank(s) 3 never" in behind
+    # Outside the training step the note names the phase: the rank still validating is the one waited for.
+    validating = {0: "0 3 waiting 0", 1: "0 3 validating 1"}
+    assert describe_laggards(validating, 2, me=0) == "rank 1 (node 1) is validating epoch 0"
+    assert describe_laggards({0: "0 3 saving 0", 1: "0 3 waiting 1"}, 2, me=1) == "rank 0 (node 0) is saving epoch 0"
 
 
 def test_skip_batches_continues_the_same_epoch():
@@ -237,11 +242,14 @@ WATCHDOG_PROBE = textwrap.dedent(
     dog = Watchdog(DistEnv(rank=1, node_rank=1), timeout_s=1.0)
     dog.start()
     dog.pet(0, 0)
-    with dog.paused():  # validation and saving may take longer than the timeout
-        time.sleep(2.0)
-    print("survived the pause", flush=True)
+    with dog.phase("validating"):  # a validation longer than the timeout, with progress at every batch
+        for _ in range(8):
+            time.sleep(0.3)
+            dog.progress()
+    print("survived the phase", flush=True)
     dog.pet(0, 7)
-    time.sleep(30)  # hung: the watchdog must end the process long before this
+    with dog.phase("saving"):
+        time.sleep(30)  # hung in a save: the watchdog must end the process long before this
     print("not reached", flush=True)
     """
 )
@@ -249,13 +257,16 @@ WATCHDOG_PROBE = textwrap.dedent(
 
 @pytest.mark.timeout(60)
 def test_watchdog_ends_a_hung_process_with_its_stacks(tmp_path):
+    """A phase longer than the timeout survives while it shows progress; a hung one is ended, named.
+    (A hang in the training step itself is F3, with real ranks.)"""
     probe = tmp_path / "probe.py"
     probe.write_text(WATCHDOG_PROBE)
     started = time.monotonic()
     proc = subprocess.run([sys.executable, str(probe)], capture_output=True, text=True, timeout=45, cwd=ROOT)
     assert proc.returncode != 0
-    assert "survived the pause" in proc.stdout and "not reached" not in proc.stdout
-    assert "rank 1 (node 1) made no progress for 1 s at epoch 0 step 7" in proc.stderr
+    assert "survived the phase" in proc.stdout and "not reached" not in proc.stdout
+    said = "rank 1 (node 1) made no progress for 1 s while saving epoch 0 (--dist-timeout)"
+    assert said in proc.stderr, proc.stderr
     assert "most recent call first" in proc.stderr and "probe.py" in proc.stderr  # the stack dump
     assert time.monotonic() - started < 25
 
@@ -440,6 +451,40 @@ def test_f3_a_hung_rank_is_ended_by_its_watchdog(tmp_path, tiny_shapes):
     # Rank 0 names the laggard, whether its watchdog or its collective's timeout went first (or it
     # saw rank 1's exit as a lost peer).
     assert "rank 1 (node 1) is at epoch 0 step 3" in nodes[0].output or "another rank failed" in nodes[0].output
+
+
+@pytest.mark.dist
+@pytest.mark.timeout(150)
+@pytest.mark.parametrize(
+    ("fault", "rank", "phase"),
+    [("hang-in-val", 1, "validating"), ("hang-in-save", 0, "saving")],
+    ids=["F3-validation", "F3-save"],
+)
+def test_f3_a_rank_hung_outside_the_step_is_ended_and_named(tmp_path, tiny_shapes, fault, rank, phase):
+    """F3 outside the training step, on two launchers of one rank each: rank 1 hangs fetching its validation
+    batch, or rank 0 hangs inside its checkpoint write. No launcher would end the hung rank (its peer's node
+    exits alone); its watchdog does within the timeout, and both nodes say who hung where."""
+    port = free_port()
+    flags = train_flags(tiny_shapes, tmp_path, "hang", "--dist-timeout", "10")  # one epoch, validated and saved
+    args = [WRAPPER, "--fault", fault, "--rank", str(rank), "--", *flags]
+    with launched() as marker:
+        nodes = [
+            Job(torchrun_command(*args, nnodes=2, node_rank=n, port=port), tmp_path / "logs", f"node{n}", marker)
+            for n in (0, 1)
+        ]
+        hung_at = nodes[rank].wait_for_text(f"rank {rank} hangs", timeout=110)
+        finish(nodes, timeout=35)
+        assert no_leftovers(marker) == []
+    assert [node.proc.returncode != 0 for node in nodes] == [True, True]
+    assert max(node.ended for node in nodes) - hung_at < 25
+    stuck, other = nodes[rank].output, nodes[1 - rank].output
+    said = f"rank {rank} (node {rank}) made no progress for 10 s while {phase} epoch 0 (--dist-timeout)"
+    assert said in stuck, stuck[-3000:]
+    assert "most recent call first" in stuck and "fault_train.py" in stuck  # the stack dump shows where
+    # The other rank names the hung one (from the heartbeats), or saw it exit as a lost peer.
+    assert f"rank {rank} (node {rank}) is {phase} epoch 0" in other or "another rank failed" in other, other[-3000:]
+    for node in nodes:  # the ranks say one line (and a stack dump); the only traceback is the launcher's
+        assert node.output.count("Traceback") <= 1, node.output[-3000:]
 
 
 @pytest.mark.dist

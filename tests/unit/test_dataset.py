@@ -130,6 +130,24 @@ def test_broken_after_scan_is_substituted(src, caplog, damage):
     assert ds_aug.load_failures
 
 
+@pytest.mark.timeout(120)
+def test_broken_after_scan_under_loader_workers_is_replaced_and_seen_by_the_loader_owner(src):
+    """D4 with real worker processes: the worker that meets the broken file replaces it and never raises,
+    and the process that owns the loader learns which file it was (the engine reports it per epoch)."""
+    ds = YoloDataset([src], 64, augment=False)
+    loader = build_loader(ds, ShardedBatchSampler(len(ds), 2, rank=0, world=1, seed=0, shuffle=False), workers=2)
+    assert ds.broken_after_scan() == []
+    victim = src / "4.png"
+    victim.write_bytes(victim.read_bytes()[:60])
+    for epoch in range(2):  # persistent workers: the second epoch reuses the processes of the first
+        loader.batch_sampler.set_epoch(epoch)
+        paths = [p for _, _, batch_paths, _ in loader for p in batch_paths]
+        assert len(paths) == len(ds) and str(victim) not in paths
+        assert paths.count(str(src / "5.png")) == 2  # index 4 is served by the next loadable index
+    assert ds.broken_after_scan() == [str(victim)]
+    assert sum(ds.load_failures.values()) == 0  # the counting happened in the workers, not here
+
+
 def test_a_jpeg_truncated_after_the_scan_is_not_trained_on(tmp_path, caplog, monkeypatch):
     """cv2.imread decodes half a JPEG as a grey-filled image without a word (RELIABILITY.md finding 7):
     files unchanged since the scan take the fast cv2 decoder, a changed one the strict decoder."""

@@ -67,7 +67,8 @@ class YoloDataset(Dataset):
     Attributes: ``im_files``, ``labels`` (float32 ``[n, 5]`` cls+xywhn each), ``shapes`` (original (w, h)),
     ``stats`` (counts by reason), ``skipped`` ((path, reason) per unusable image), ``batch_shapes``
     ((h, w) per batch, rect only) and ``load_failures`` (this process's count of files that broke
-    after the scan and were replaced by the next loadable index).
+    after the scan and were replaced by the next loadable index; ``broken_after_scan()`` lists them
+    for this process and its loader workers together).
 
     With ``cache_images`` ("ram" or "disk"), ``prepare_cache()`` builds or opens the node's image
     cache; until it is called every image is decoded from its file.
@@ -125,6 +126,9 @@ class YoloDataset(Dataset):
         self._stamps = [_stamp(f) for f in self.im_files]
         self._failed: set[int] = set()
         self.load_failures: Counter = Counter()
+        # Which files broke after the scan, in shared memory: loader workers (forked) mark them here,
+        # so the process that owns the loader can report them, and the other workers skip them.
+        self._broken = torch.zeros(len(self.im_files), dtype=torch.bool).share_memory_()
         # --image-weights: the cumulative draw weights, in shared memory so that persistent workers see
         # each epoch's (mosaic partners follow them, as upstream's); all zeros = draw uniformly.
         self._draw_cdf = torch.zeros(len(self.im_files), dtype=torch.float64).share_memory_() if image_weights else None
@@ -200,17 +204,22 @@ class YoloDataset(Dataset):
         n = len(self)
         for step in range(n):
             j = (i + step) % n
-            if j in self._failed:
+            if j in self._failed or self._broken[j]:
                 continue
             try:
                 img, hw0 = self.load_image(j)
                 return j, img, hw0
             except Exception as e:  # never raise in a worker: one bad file must not kill a DDP rank
                 self._failed.add(j)
+                self._broken[j] = True
                 self.load_failures[type(e).__name__] += 1
                 why = getattr(e, "reason", None) or e  # ImageReadError's reason; its text repeats the path
                 LOGGER.warning(f"{self.prefix}cannot load {self.im_files[j]} ({why}); using another image")
         raise RuntimeError(f"{self.prefix}no image of the dataset can be loaded any more")
+
+    def broken_after_scan(self) -> list[str]:
+        """Files that could not be loaded after the scan (and were replaced), here or in any loader worker."""
+        return [self.im_files[i] for i in torch.nonzero(self._broken).flatten().tolist()]
 
     # ------------------------------------------------------------------ samples
     def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, str, tuple | None]:

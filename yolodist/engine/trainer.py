@@ -98,7 +98,7 @@ def guarded_epochs(run: Run, guard: Guard) -> tuple[int, ValResult]:
     try:
         return run_epochs(run, guard)
     except StopRequested as stop:
-        with guard.paused():
+        with guard.phase("saving"):
             raise interrupted(run, stop) from None
     except Exception as error:
         kind = collectives.peer_failure(error)
@@ -113,21 +113,25 @@ def run_epochs(run: Run, guard: Guard) -> tuple[int, ValResult]:
     stopper = EarlyStopping(cfg.patience)
     result = ValResult()
     epoch = run.start_epoch - 1
+    broken: set[str] = set()
     for epoch in range(run.start_epoch, cfg.epochs):
         start = run.start_batch if epoch == run.start_epoch else 0
         if cfg.image_weights:
             draw_by_image_weights(run)
         train_losses = train_one_epoch(run, epoch, guard, start)
+        report_broken_images(run, epoch, broken)
         lrs = [group["lr"] for group in run.optim.optimizer.param_groups]
         run.optim.scheduler.step()
         final_epoch = epoch + 1 == cfg.epochs
-        with guard.paused():  # validation and saving have their own waits and timeouts
-            validated = validate_epoch(run, final_epoch)
+        # Validation and saving run under the watchdog too: a rank hung there is ended and named.
+        with guard.phase("validating"):
+            validated = validate_epoch(run, final_epoch, guard)
             if validated is not None and validated.maps is not None:  # rank 0 holds the metrics
                 run.maps = validated.maps
             result = validated or result
             run.best_fitness = max(run.best_fitness, result.fitness)
             run.reporter.results_row(epoch, train_losses, result, lrs)
+        with guard.phase("saving"):
             stop, failed = False, None
             if env.is_main:
                 stop = stopper(epoch, result.fitness)
@@ -148,6 +152,19 @@ def run_epochs(run: Run, guard: Guard) -> tuple[int, ValResult]:
     return epoch, result
 
 
+def report_broken_images(run: Run, epoch: int, reported: set[str]) -> None:
+    """Rank 0 names the training images that broke after the scan on any rank (the loaders used others)."""
+    mine = run.data.train_set.broken_after_scan()
+    new = sorted({f for files in collectives.all_gather_object(mine, run.env) for f in files} - reported)
+    reported.update(new)
+    if new and run.env.is_main:
+        shown = ", ".join(new[:5]) + (f" and {len(new) - 5} more" if len(new) > 5 else "")
+        LOGGER.warning(
+            f"epoch {epoch}: {len(new)} training image(s) could not be loaded any more and were replaced by "
+            f"others ({len(reported)} in this run so far): {shown}"
+        )
+
+
 def draw_by_image_weights(run: Run) -> None:
     """--image-weights: the epoch's images (and mosaic partners) are drawn by class rarity and last mAP."""
     data = run.data
@@ -156,8 +173,11 @@ def draw_by_image_weights(run: Run) -> None:
     data.train_set.set_draw_weights(weights)
 
 
-def validate_epoch(run: Run, final_epoch: bool) -> ValResult | None:
-    """Validate the EMA when this epoch is validated (every epoch, or only the last with --noval)."""
+def validate_epoch(run: Run, final_epoch: bool, guard: Guard | None = None) -> ValResult | None:
+    """Validate the EMA when this epoch is validated (every epoch, or only the last with --noval).
+
+    With a ``guard``, each validation batch shows the watchdog that this rank is not stuck.
+    """
     cfg = run.cfg
     if run.data.val_loader is None or (cfg.noval and not final_epoch):
         return None
@@ -167,8 +187,9 @@ def validate_epoch(run: Run, final_epoch: bool) -> ValResult | None:
     data = run.data
     # Without --sync-bn each rank's EMA has its own BatchNorm statistics; every rank validates rank 0's.
     collectives.broadcast_buffers(run.ema.ema, run.env)
+    batches = data.val_loader if guard is None else guard.watched(data.val_loader)
     result = validate(
-        run.ema.ema, data.val_loader, run.env, data.names, settings, loss_fn=run.ctx.loss_fn.items, on_batch=on_batch
+        run.ema.ema, batches, run.env, data.names, settings, loss_fn=run.ctx.loss_fn.items, on_batch=on_batch
     )
     run.reporter.validation(result, per_class=final_epoch)
     if plotting:

@@ -7,6 +7,11 @@ daemon thread that the training loop pets once per batch; after ``timeout_s`` wi
 dumps every thread's stack, says which rank it is and where it stopped, and ends the process with
 ``os._exit`` (the main thread may be stuck where no exception can reach it).
 
+Validation and saving run as named phases under the same deadline: validation shows progress once
+per batch, and a save has the whole ``timeout_s`` (the other ranks wait for it in a collective
+bounded by the same timeout, so a longer save fails the job anyway). A rank hung there, or in its
+validation loader, is ended and named like one hung in a training step.
+
 The same threads publish each rank's position to the process group's store every few seconds, so
 a rank that gives up can also say which peer is behind.
 
@@ -24,8 +29,9 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from types import FrameType
+from typing import TypeVar
 
 from yolodist.dist import collectives
 from yolodist.dist.env import DistEnv
@@ -34,6 +40,7 @@ from yolodist.dist.session import Heartbeats, heartbeats
 HEARTBEAT_S = 2.0  # how often each rank publishes its position
 READ_PEERS_S = 3.0  # how long a rank that gives up waits for the store to tell where the others are
 EXIT_HUNG = 1
+T = TypeVar("T")
 # SIGUSR1: SLURM's warning before a time limit or preemption (sbatch --signal=USR1@120).
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
 
@@ -52,9 +59,14 @@ def _say(text: str) -> None:
         os.write(sys.stderr.fileno(), (text.rstrip("\n") + "\n").encode())
 
 
+TRAINING = "working"  # the heartbeat state of a rank in the training loop, outside any collective
+WAITING = "waiting"  # in a collective, i.e. waiting for the others
+
+
 def describe_laggards(notes: dict[int, str], world_size: int, me: int) -> str:
     """Which peers hold the job up, from the heartbeat notes ``{rank: "epoch step state node"}``; '' if unknown.
 
+    ``state`` is "waiting" (in a collective), "working" (training) or a phase such as "validating".
     A rank behind the others' (epoch, step) is late; among ranks at the same step, one that is not
     waiting in a collective is the one the others wait for.
     """
@@ -68,12 +80,15 @@ def describe_laggards(notes: dict[int, str], world_size: int, me: int) -> str:
         return f"no progress reported by rank(s) {', '.join(map(str, missing))}" if missing else ""
     front = max((epoch, step) for epoch, step, _, _ in parsed.values())
     late = sorted(r for r, (epoch, step, _, _) in parsed.items() if (epoch, step) < front and r != me)
-    busy = sorted(r for r, (_, _, state, _) in parsed.items() if state == "working" and r != me)
+    busy = sorted(r for r, (_, _, state, _) in parsed.items() if state != WAITING and r != me)
     parts = []
     for rank in late or busy:
         epoch, step, state, node = parsed[rank]
-        where = "outside any collective" if state == "working" else state
-        parts.append(f"rank {rank} (node {node}) is at epoch {epoch} step {step}, {where}")
+        if state in (TRAINING, WAITING):
+            where = "outside any collective" if state == TRAINING else state
+            parts.append(f"rank {rank} (node {node}) is at epoch {epoch} step {step}, {where}")
+        else:
+            parts.append(f"rank {rank} (node {node}) is {state} epoch {epoch}")
     if missing:
         parts.append(f"rank(s) {', '.join(map(str, missing))} never reported progress")
     return "; ".join(parts)
@@ -87,7 +102,7 @@ class Watchdog:
         self._lock = threading.Lock()
         self._last = time.monotonic()
         self._position = (0, 0)
-        self._paused = 0
+        self._phase = TRAINING
         self._done = threading.Event()
         self._main = threading.main_thread().ident
         self._threads: list[threading.Thread] = []
@@ -108,32 +123,36 @@ class Watchdog:
         with self._lock:
             self._last, self._position = time.monotonic(), (epoch, step)
 
-    @contextlib.contextmanager
-    def paused(self) -> Iterator[None]:
-        """No deadline inside (validation, saving): those phases have their own waits and timeouts."""
+    def progress(self) -> None:
+        """A sign of life inside a phase (a validation batch): the deadline starts again."""
         with self._lock:
-            self._paused += 1
+            self._last = time.monotonic()
+
+    @contextlib.contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        """Validation, saving (``name`` is one word, "validating"): the same deadline, started on entry and
+        restarted by :meth:`progress`; the heartbeat notes say ``name`` instead of the training step."""
+        with self._lock:
+            previous, self._phase, self._last = self._phase, name, time.monotonic()
         try:
             yield
         finally:
             with self._lock:
-                self._paused -= 1
-                self._last = time.monotonic()
+                self._phase, self._last = previous, time.monotonic()
 
     def _watch(self) -> None:
         check_s = min(1.0, self.timeout_s / 20)
         while not self._done.wait(check_s):
             with self._lock:
                 idle = time.monotonic() - self._last
-                expired = not self._paused and idle > self.timeout_s
-            if expired:
+            if idle > self.timeout_s:
                 self._expire(idle)
 
     def _note(self) -> str:
         with self._lock:
-            (epoch, step), paused = self._position, self._paused
+            (epoch, step), phase = self._position, self._phase
         frame: FrameType | None = sys._current_frames().get(self._main)
-        state = "paused" if paused else "waiting" if collectives.waiting_for_peers(frame) else "working"
+        state = WAITING if collectives.waiting_for_peers(frame) else phase
         return f"{epoch} {step} {state} {self.env.node_rank}"
 
     def _beat(self) -> None:
@@ -162,11 +181,13 @@ class Watchdog:
         return found[0] if found else ""
 
     def _expire(self, idle: float) -> None:
-        epoch, step = self._position
+        with self._lock:
+            (epoch, step), phase = self._position, self._phase
         env = self.env
+        where = f"at epoch {epoch} step {step}" if phase == TRAINING else f"while {phase} epoch {epoch}"
         _say(
-            f"rank {env.rank} (node {env.node_rank}) made no progress for {self.timeout_s:g} s at epoch {epoch} "
-            f"step {step} (--dist-timeout); ending the job. Stacks of this process ({idle:.1f} s idle):"
+            f"rank {env.rank} (node {env.node_rank}) made no progress for {self.timeout_s:g} s {where} "
+            f"(--dist-timeout); ending the job. Stacks of this process ({idle:.1f} s idle):"
         )
         faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
         peers = self.peers()
@@ -235,13 +256,24 @@ class Guard:
         if self.watchdog is not None:
             self.watchdog.pet(epoch, step)
 
+    def progress(self) -> None:
+        if self.watchdog is not None:
+            self.watchdog.progress()
+
     @contextlib.contextmanager
-    def paused(self) -> Iterator[None]:
+    def phase(self, name: str) -> Iterator[None]:
+        """Validation or saving, under the watchdog's deadline (see :meth:`Watchdog.phase`)."""
         if self.watchdog is None:
             yield
             return
-        with self.watchdog.paused():
+        with self.watchdog.phase(name):
             yield
+
+    def watched(self, batches: Iterable[T]) -> Iterator[T]:
+        """``batches``, showing progress at each one: a rank stuck fetching or using a batch is ended."""
+        for batch in batches:
+            self.progress()
+            yield batch
 
     def peers(self) -> str:
         """Which peers hold the job up, as far as the heartbeats tell ('' when unknown)."""
