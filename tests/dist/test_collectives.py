@@ -137,6 +137,7 @@ TEARDOWN_PROBE = textwrap.dedent(
     """
 )
 
+
 @pytest.mark.timeout(120)
 def test_l1_env_contract_collectives_and_main_first(tmp_path, torchrun):
     script = tmp_path / "probe.py"

@@ -22,7 +22,9 @@ def _decodes(log: Path) -> list[tuple[int, int, str]]:
 
 
 @pytest.mark.timeout(420)
-def test_two_ranks_with_workers_share_one_cache_and_decode_each_image_once(tmp_path, tiny_shapes, torchrun, monkeypatch):
+def test_two_ranks_with_workers_share_one_cache_and_decode_each_image_once(
+    tmp_path, tiny_shapes, torchrun, monkeypatch
+):
     shm = tmp_path / "shm"
     shm.mkdir()
     monkeypatch.setenv("YOLODIST_SHM_DIR", str(shm))

@@ -9,7 +9,6 @@ import os
 import time
 from collections.abc import Iterator
 
-import torch
 import torch.distributed as dist
 
 from yolodist.dist.env import DistEnv
@@ -100,7 +99,7 @@ def _init(env: DistEnv, timeout_s: float) -> None:
     # default group that destroy_process_group cannot drop; the group then outlives session() and its
     # gloo threads are torn down during interpreter finalisation, which sometimes aborts the rank
     # ("terminate called without an active exception"). Imported before, it holds none.
-    import torch._dynamo  # noqa: F401
+    import torch._dynamo
 
     timeout = datetime.timedelta(seconds=timeout_s)
     if env.device.type == "cuda":

@@ -118,9 +118,7 @@ def requeue(job_id: str) -> str:
     if scontrol is None:
         return f"scontrol is not on PATH, so SLURM job {job_id} was not requeued; resubmit it to continue"
     try:
-        proc = subprocess.run(
-            [scontrol, "requeue", job_id], capture_output=True, text=True, timeout=60, check=False
-        )
+        proc = subprocess.run([scontrol, "requeue", job_id], capture_output=True, text=True, timeout=60, check=False)
     except (OSError, subprocess.TimeoutExpired) as error:
         return f"scontrol requeue {job_id} failed ({error}); resubmit the job to continue"
     if proc.returncode:
