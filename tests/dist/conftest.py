@@ -110,3 +110,23 @@ def run_torchrun(
 def torchrun() -> Callable[..., subprocess.CompletedProcess]:
     """:func:`run_torchrun`, as a fixture."""
     return run_torchrun
+
+
+@pytest.fixture(scope="session")
+def uninterrupted(tmp_path_factory, tiny_shapes) -> dict:
+    """last.pt of a clean 3-epoch run on 2 ranks, through the same fault wrapper (the same code path).
+
+    The reference of every restart test (test_faults, test_kill); one run per session.
+    """
+    import torch
+
+    # Imported here: test_faults imports this module, and holds the launch helpers the fault tests share.
+    from tests.dist.test_faults import WRAPPER, Job, finish, launched, restart_flags, torchrun_command
+
+    root = tmp_path_factory.mktemp("uninterrupted")
+    clean = [WRAPPER, "--rank", "1", "--", *restart_flags(tiny_shapes, root, "ref")]
+    with launched() as marker:
+        ref = Job(torchrun_command(*clean, nproc=2, port=free_port()), root / "logs", "ref", marker)
+        finish([ref], timeout=100)
+    assert ref.proc.returncode == 0, ref.output[-3000:]
+    return torch.load(root / "ref" / "weights" / "last.pt", weights_only=True)

@@ -14,6 +14,11 @@ Steps count ``train_step`` calls (micro-batches) from 0 over the whole run, on e
     slow        every rank sleeps S seconds after each step (time to send a signal mid-epoch)
     hang-in-val rank R sleeps forever fetching its first validation batch (a stuck validation loader)
     hang-in-save rank R sleeps forever inside its first checkpoint write (rank 0 saves; a stuck filesystem)
+    sigkill     rank R sends itself SIGKILL at step N, after its forward pass and before the step's first
+                collective (as the OOM killer would: no Python cleanup, no exit code of its own)
+    sigkill-in-save
+                rank R sends itself SIGKILL while writing last.pt for the (N+1)-th time (N counts writes
+                from 0), once B bytes (``--bytes``) of it are in the temp file on disk
 
 Faults fire in the launcher's first round only: a round restarted by ``--max-restarts``, or a SLURM
 job requeued, runs clean.
@@ -27,6 +32,7 @@ from __future__ import annotations
 import argparse
 import functools
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -50,6 +56,56 @@ class _NanLoss:
         return getattr(self.loss_fn, name)
 
 
+class _KillAfterLoss:
+    """The real loss, after which the process SIGKILLs itself: its peers are left waiting in the step's
+    first collective (the target counts' all-reduce), as they would be for a rank the kernel killed."""
+
+    def __init__(self, loss_fn, note: str) -> None:
+        self.loss_fn, self.note = loss_fn, note
+
+    def __call__(self, preds, targets):
+        self.loss_fn(preds, targets)
+        _die(self.note)
+
+    def __getattr__(self, name):
+        return getattr(self.loss_fn, name)
+
+
+def _die(note: str) -> None:
+    print(f"fault_train: {note}", flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)
+    time.sleep(60)  # SIGKILL is delivered before this returns; never go on with the real work
+
+
+def _install_kill_in_save(args: argparse.Namespace) -> None:
+    """Make the (``args.step``+1)-th write of last.pt die after ``args.bytes`` bytes reached the temp file.
+
+    The patch is on the file wrapper that ``atomic_save`` writes through, so everything above it (the
+    previous generation's hard link, the temp file's name, the rename that never comes) is the real code.
+    """
+    from yolodist.utils import io
+
+    writes = 0
+
+    class KillingWriter(io._RecordingWriter):
+        def __init__(self, f) -> None:
+            nonlocal writes
+            super().__init__(f)
+            self.written = 0
+            self.armed = Path(f.name).name.startswith(".last.pt.") and writes == args.step
+            writes += Path(f.name).name.startswith(".last.pt.")
+
+        def write(self, data) -> int:
+            if self.armed and self.written + len(data) >= args.bytes:
+                self.f.write(bytes(data[: args.bytes - self.written]))
+                self.f.flush()  # the part written so far is in the file, as the kernel had it
+                _die(f"rank {_rank()} SIGKILLs itself writing {os.path.abspath(self.f.name)} after {args.bytes} bytes")
+            self.written += len(data)
+            return super().write(data)
+
+    io._RecordingWriter = KillingWriter
+
+
 def _install(args: argparse.Namespace) -> None:
     from yolodist.engine import trainer
 
@@ -58,6 +114,8 @@ def _install(args: argparse.Namespace) -> None:
     calls = 0
     if os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") != "0" or os.environ.get("SLURM_RESTART_COUNT", "0") != "0":
         return
+    if args.fault == "sigkill-in-save" and rank == args.rank:
+        _install_kill_in_save(args)
 
     @functools.wraps(original)
     def faulty(ctx, imgs, targets, update):
@@ -76,6 +134,8 @@ def _install(args: argparse.Namespace) -> None:
         loss_fn = ctx.loss_fn
         if nan:
             ctx.loss_fn = _NanLoss(loss_fn)
+        if hit and args.fault == "sigkill":
+            ctx.loss_fn = _KillAfterLoss(loss_fn, f"rank {rank} SIGKILLs itself at step {step}")
         try:
             items = original(ctx, imgs, targets, update)
         finally:
@@ -132,11 +192,23 @@ def _hang_in_checkpoint_write() -> None:
 def main(argv: list[str]) -> int:
     split = argv.index("--") if "--" in argv else len(argv)
     parser = argparse.ArgumentParser()
-    kinds = ("raise", "hang", "nan", "nan-from", "empty", "slow", "hang-in-val", "hang-in-save")
+    kinds = (
+        "raise",
+        "hang",
+        "nan",
+        "nan-from",
+        "empty",
+        "slow",
+        "hang-in-val",
+        "hang-in-save",
+        "sigkill",
+        "sigkill-in-save",
+    )
     parser.add_argument("--fault", choices=kinds, default=None)
     parser.add_argument("--rank", type=int, default=1)
     parser.add_argument("--step", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=0.5)
+    parser.add_argument("--bytes", type=int, default=100_000)
     parser.add_argument("--record", type=Path, default=None)
     args = parser.parse_args(argv[:split])
     _install(args)

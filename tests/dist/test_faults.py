@@ -297,18 +297,6 @@ def restart_flags(data: Path, project: Path, name: str) -> list[str]:
     return train_flags(data, project, name, "--epochs", "3", "--deterministic")
 
 
-@pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory, tiny_shapes) -> dict:
-    """last.pt of a clean 3-epoch run on 2 ranks, through the same fault wrapper (the same code path)."""
-    root = tmp_path_factory.mktemp("uninterrupted")
-    clean = [WRAPPER, "--rank", "1", "--", *restart_flags(tiny_shapes, root, "ref")]
-    with launched() as marker:
-        ref = Job(torchrun_command(*clean, nproc=2, port=free_port()), root / "logs", "ref", marker)
-        finish([ref], timeout=100)
-    assert ref.proc.returncode == 0, ref.output[-3000:]
-    return torch.load(root / "ref" / "weights" / "last.pt", weights_only=True)
-
-
 @pytest.mark.dist
 @pytest.mark.timeout(240)
 @pytest.mark.parametrize("nodes", [1, 2], ids=["F5-1node", "F6-2nodes"])
