@@ -11,7 +11,7 @@ from PIL import Image
 
 from yolodist.data import images
 from yolodist.data.cache import scan_images
-from yolodist.data.images import ImageReadError, read_image, verify_image
+from yolodist.data.images import ImageReadError, read_image, read_verified, verify_image
 
 
 def _noise(h: int, w: int, seed: int = 0) -> np.ndarray:
@@ -94,6 +94,21 @@ def test_exif_orientation_6_rotates_and_box_follows(tmp_path):
     ys, xs = np.nonzero(red)
     assert abs(xs.min() - (60 - 20)) <= 1 and abs(xs.max() - (60 - 1 - 10)) <= 1
     assert abs(ys.min() - 70) <= 1 and abs(ys.max() - 89) <= 1
+
+
+def test_a_header_past_opencvs_size_limit_is_refused_not_raised(tmp_path):
+    """Found by the fuzz test: a BMP whose header claims 2^20 + 18 rows opens in PIL (header only), and
+    cv2.imdecode then raised its own cv2.error out of read_verified instead of returning None."""
+    path = tmp_path / "tall.bmp"
+    Image.new("RGB", (24, 18)).save(path)
+    data = bytearray(path.read_bytes())
+    data[22:26] = (1 << 20 | 18).to_bytes(4, "little")  # BITMAPINFOHEADER height
+    path.write_bytes(bytes(data))
+    with Image.open(path) as im:
+        assert im.size == (24, 1 << 20 | 18)
+    for read in (read_verified, read_image):
+        with pytest.raises(ImageReadError):
+            read(path)
 
 
 def test_too_small(tmp_path):

@@ -24,6 +24,9 @@ from yolodist.data.images import ImageReadError, read_image, read_verified, veri
 REASONS = {"zero-byte", "not an image", "truncated", "too large", "too small", "unreadable", "missing"}
 FUZZ = settings(
     max_examples=200,
+    # The same examples on every run, so the suite never fails by chance; to explore new inputs, run
+    # it with derandomize off, and pin what that finds as a case in test_images.py.
+    derandomize=True,
     deadline=timedelta(seconds=5),  # generous on a loaded 2-core machine; a hang is far longer
     suppress_health_check=[HealthCheck.function_scoped_fixture],
 )

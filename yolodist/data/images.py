@@ -177,7 +177,10 @@ def read_verified(path: str | Path) -> np.ndarray:
         return read_image(path)  # the strict path says what is wrong with it
     if not simple:
         return read_image(path)
-    img = cv2.imdecode(np.frombuffer(data, np.uint8), _CV2_FLAGS)
+    try:
+        img = cv2.imdecode(np.frombuffer(data, np.uint8), _CV2_FLAGS)
+    except cv2.error:  # e.g. a header whose size is past OpenCV's limits, which PIL reads without decoding
+        return read_image(path)
     if img is None or img.shape[:2] != (size[1], size[0]):
         return read_image(path)
     return _orient(img, orientation)
