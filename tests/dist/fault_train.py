@@ -21,7 +21,8 @@ Steps count ``train_step`` calls (micro-batches) from 0 over the whole run, on e
                 from 0), once B bytes (``--bytes``) of it are in the temp file on disk
 
 Faults fire in the launcher's first round only: a round restarted by ``--max-restarts``, or a SLURM
-job requeued, runs clean.
+job requeued, runs clean. The round is the one the ranks agreed on (a c10d launcher restarted for a
+membership change still reports restart count 0 in its environment).
 Every rank prints ``fault_train: rank R finished step N`` after each step. With ``--record DIR``
 each rank appends "step skipped" to DIR/updates-rank<R>.txt after every optimiser update.
 The production code has no hooks for any of this: the patches live here.
@@ -36,6 +37,8 @@ import signal
 import sys
 import time
 from pathlib import Path
+
+_ROUND = {"restarted": False}  # set from the trainer's agreed restart round at the first step
 
 
 def _rank() -> int:
@@ -92,7 +95,7 @@ def _install_kill_in_save(args: argparse.Namespace) -> None:
             nonlocal writes
             super().__init__(f)
             self.written = 0
-            self.armed = Path(f.name).name.startswith(".last.pt.") and writes == args.step
+            self.armed = Path(f.name).name.startswith(".last.pt.") and writes == args.step and not _ROUND["restarted"]
             writes += Path(f.name).name.startswith(".last.pt.")
 
         def write(self, data) -> int:
@@ -121,16 +124,18 @@ def _install(args: argparse.Namespace) -> None:
     def faulty(ctx, imgs, targets, update):
         nonlocal calls
         step, calls = calls, calls + 1
-        hit = rank == args.rank and step == args.step
+        _ROUND["restarted"] = bool(ctx.env.restart_count or ctx.env.requeues)
+        mine = rank == args.rank and not _ROUND["restarted"]
+        hit = mine and step == args.step
         if hit and args.fault == "raise":
             raise RuntimeError(f"injected failure on rank {rank} at step {step}")
         if hit and args.fault == "hang":
             print(f"fault_train: rank {rank} hangs at step {step}", flush=True)
             while True:
                 time.sleep(3600)
-        if rank == args.rank and args.fault == "empty":
+        if mine and args.fault == "empty":
             targets = targets[:0]
-        nan = rank == args.rank and (hit if args.fault == "nan" else args.fault == "nan-from" and step >= args.step)
+        nan = mine and (hit if args.fault == "nan" else args.fault == "nan-from" and step >= args.step)
         loss_fn = ctx.loss_fn
         if nan:
             ctx.loss_fn = _NanLoss(loss_fn)

@@ -39,14 +39,13 @@ ROUNDS = 6  # round 0 in the default layer, rounds 1-5 (five) under the slow mar
 STEPS_PER_EPOCH = 4  # 16 images, total batch 4 (restart_flags)
 
 
-def rounds(*names: str, slow_only: Sequence[str] = (), marks: dict | None = None) -> list:
+def rounds(*names: str, slow_only: Sequence[str] = ()) -> list:
     """(name, round) cases: round 0 in the default layer (unless the name is in ``slow_only``), the rest slow."""
-    marks = marks or {}
     return [
         pytest.param(
             name,
             r,
-            marks=[*([pytest.mark.slow] if r or name in slow_only else []), *marks.get(name, [])],
+            marks=[pytest.mark.slow] if r or name in slow_only else [],
             id=f"{name}-round{r}",
         )
         for name in names
@@ -97,17 +96,6 @@ TOPOLOGIES = {
     "c10d-1node": (c10d_nodes, 1),
     "c10d-2nodes": (c10d_nodes, 2),
 }
-# Two c10d launchers do not agree on the restart round: the launcher whose rank was killed counts a
-# restart (TORCHELASTIC_RESTART_COUNT 1), the other, whose rank is still exiting when the first comes
-# back to the rendezvous, restarts for a "membership change" that torchrun does not count (0). The
-# ranks then meet under different store prefixes (ours and torch's own both key on that count) and
-# the restarted round hangs in init_process_group (seen in the first run of this test). Not run until
-# the trainer agrees on the round some other way: each run would hang until the test's deadline.
-C10D_ROUND_MISMATCH = pytest.mark.xfail(
-    reason="c10d agents disagree on TORCHELASTIC_RESTART_COUNT after a kill; the restarted round hangs",
-    run=False,
-    strict=True,
-)
 
 
 def start_nodes(commands: list[list[str]], logs: Path, marker: str, port: int) -> list[Job]:
@@ -141,7 +129,6 @@ def kill_mid_step(tmp_path: Path, data: Path, topology: str, round_: int) -> tup
     rounds(
         *TOPOLOGIES,
         slow_only=["static-1node", "c10d-1node", "c10d-2nodes"],
-        marks={"c10d-2nodes": [C10D_ROUND_MISMATCH]},
     ),
 )
 def test_a_rank_killed_mid_step_is_restarted_and_the_run_ends_bitwise_equal(

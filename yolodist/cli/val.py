@@ -77,8 +77,8 @@ def run(args: argparse.Namespace) -> None:
 
     env = dist_env.detect(args.device, args.local_rank)
     setup_logging(env.rank)
-    with session(env, args.dist_timeout):
-        _validate(args, env)
+    with session(env, args.dist_timeout) as joined:
+        _validate(args, joined)
 
 
 def _validate(args: argparse.Namespace, env) -> None:

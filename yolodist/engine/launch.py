@@ -19,6 +19,6 @@ def train(cfg: TrainConfig, body: Callable[[TrainConfig, DistEnv], object] = fit
     setup_logging(env.rank)
     cfg.check_world(env.world_size)
     check_sync_bn(env, cfg.sync_bn)
-    with session(env, cfg.dist_timeout):
-        body(cfg, env)
+    with session(env, cfg.dist_timeout) as joined:
+        body(cfg, joined)
     return 0
