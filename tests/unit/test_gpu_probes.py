@@ -104,3 +104,47 @@ def test_the_cuda_kernel_calls_match_torchs_operator_schemas():
     for call in calls:
         with pytest.raises(NotImplementedError, match="'CPU' backend"):
             call()
+
+
+def emulated_kernels(monkeypatch) -> None:
+    """torch's SyncBatchNorm kernels as documented, in plain tensor operations on the CPU."""
+
+    def shard_stats(shard: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+        var, mean = torch.var_mean(shard, dim=(0, 2, 3), correction=0)
+        return mean, torch.rsqrt(var + eps)
+
+    def gather(full, means, invstds, counts, running, momentum, eps):
+        weights = counts[:, None] / counts.sum()
+        mean = (weights * means).sum(0)
+        var = (weights * (invstds.pow(-2) - eps + (means - mean) ** 2)).sum(0)
+        total = counts.sum()
+        running[0].mul_(1 - momentum).add_(momentum * mean)
+        running[1].mul_(1 - momentum).add_(momentum * var * total / (total - 1))
+        return mean, torch.rsqrt(var + eps)
+
+    def normalise(x, weight, bias, mean, invstd, eps):
+        shape = (1, -1, 1, 1)
+        return (x - mean.view(shape)) * invstd.view(shape) * weight.view(shape) + bias.view(shape)
+
+    monkeypatch.setattr(probes, "kernel_shard_stats", shard_stats)
+    monkeypatch.setattr(probes, "kernel_gather", gather)
+    monkeypatch.setattr(probes, "kernel_normalise", normalise)
+
+
+def test_the_cuda_kernel_test_runs_through_with_emulated_kernels(monkeypatch):
+    """A dry run of the GPU test's body on the CPU: its shapes, figures and assertions, not torch's kernels."""
+    from tests.gpu import test_cuda
+
+    emulated_kernels(monkeypatch)
+    monkeypatch.setattr(test_cuda, "KERNEL_DEVICE", torch.device("cpu"))
+    figures: dict[str, object] = {}
+    test_cuda.test_torch_syncbn_kernels_on_uneven_shards_match_ours_and_batchnorm(figures.__setitem__)
+    assert set(figures) == {
+        "torch_mean_err",
+        "torch_var_err",
+        "ours_vs_torch",
+        "out_vs_bn",
+        "out_vs_ours",
+        "running_vs_bn",
+        "unsynced_gap",
+    }
