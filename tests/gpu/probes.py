@@ -27,8 +27,8 @@ from yolodist.engine.step import StepContext, train_step
 from yolodist.engine.trainer import ends_window, warmup_accumulation
 
 # AMP against float32 on one batch: YOLOv5n from scratch, 8 shapes images at 128 px. Measured with
-# float16 autocast on a CPU (float16 storage, float32 accumulation, as cuDNN does), over the eight
-# initialisations (seeds 0, 1, 4-9) whose float16 gradients stayed finite at the scaler's 2**16:
+# float16 autocast on a CPU (the same ops in float16 as on CUDA, though not cuDNN's kernels), over
+# the eight initialisations (seeds 0, 1, 4-9) whose float16 gradients stayed finite at 2**16:
 #   loss terms          max relative difference 2e-4 .. 1.4e-3 (float16 keeps 11 significant bits)
 #   all gradients       relative error 0.10 .. 0.34, cosine 0.995 .. 0.939
 #   worst parameter     cosine 0.986 .. 0.898 (always a BatchNorm weight or bias)
@@ -44,9 +44,11 @@ AMP_GRAD_RTOL = 0.5
 AMP_GRAD_COS = 0.9
 AMP_PARAM_COS = 0.8
 AMP_OTHER_BATCH_MIN = 0.9
-# Seeds 2, 3 and 6 overflowed (inf in the first convolution's weight gradient, true value 0.69 .. 0.90
-# times the scale 2**16, against float16's largest 65504): the scaler would skip that first update.
-# seed 0's largest gradient is 0.73, 47,700 after scaling: it must stay finite.
+# Seeds 2, 3 and 6 overflowed on the CPU: inf in the first convolution's weight gradient, whose true
+# largest value (0.90 and 0.69 for seeds 2 and 3) is 59,000 and 45,000 after scaling by 2**16, near
+# float16's largest, 65504 (the CPU kernel's float16 partial sums overflow first). The scaler would
+# skip that first update. Seed 0's largest is 0.73 (47,700 scaled) and stayed finite on the CPU; on
+# CUDA, whose convolutions accumulate in float32 and round once, it must too.
 
 
 @contextlib.contextmanager
@@ -170,7 +172,7 @@ def check_amp(f: AmpFigures) -> None:
     assert f.param_cos_min > AMP_PARAM_COS, f
 
 
-def scheduled_updates(cfg: TrainConfig, hyp: Hyp, steps_per_epoch: int, start_epoch: int = 0) -> int:
+def scheduled_updates(cfg: TrainConfig, hyp: Hyp, steps_per_epoch: int) -> int:
     """How many optimiser updates a run of ``cfg`` schedules, walking its batches as the trainer does.
 
     Warm-up accumulates fewer batches per update, and each epoch's last batch always updates
@@ -179,7 +181,7 @@ def scheduled_updates(cfg: TrainConfig, hyp: Hyp, steps_per_epoch: int, start_ep
     warmup_iters = build.warmup_iterations(cfg, hyp, steps_per_epoch)
     accumulate = accumulate_steps(cfg.batch_size, nbs=cfg.nbs)
     updates = 0
-    for epoch in range(start_epoch, cfg.epochs):
+    for epoch in range(cfg.epochs):
         last_update = -1
         for i in range(steps_per_epoch):
             global_step = i + steps_per_epoch * epoch
