@@ -3,7 +3,7 @@
     python bench/gpu_table.py --junit gpu_tests.xml [--scaling gpu_scaling.json]
                               [--elapsed SECONDS --budget SECONDS] [--out gpu_table.txt]
 
-A row per check: its name, pass / fail / skip, and a figure: what the test recorded with pytest's
+A row per check: its name, pass / fail / skip, its seconds, and a figure: what the test recorded with pytest's
 ``record_property`` (measured differences, counts), the reason of a skip, the first line of a
 failure; for the bench, images/s and scaling efficiency. With ``--elapsed`` a last row says whether
 the whole run kept within ``--budget``. Exits 1 when any row failed, so bench/gpu_check.sh can end
@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
 
 PASS, FAIL, SKIP = "pass", "fail", "skip"
-HEADER = ("check", "result", "figure")
+HEADER = ("check", "result", "s", "figure")
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,7 @@ class Row:
     name: str
     result: str  # PASS, FAIL or SKIP
     figure: str
+    seconds: float | None = None  # what the check took, where known: which one costs the budget
 
 
 def number(text: str) -> str:
@@ -62,7 +64,8 @@ def junit_rows(path: Path) -> list[Row]:
             result, note = SKIP, first_line(skipped.get("message"))
         else:
             result, note = PASS, ""
-        rows.append(Row(case.get("name", "?"), result, ", ".join([*properties, *([note] if note else [])])))
+        figure = ", ".join([*properties, *([note] if note else [])])
+        rows.append(Row(case.get("name", "?"), result, figure, float(case.get("time", "nan"))))
     return rows
 
 
@@ -73,18 +76,23 @@ def scaling_rows(path: Path) -> list[Row]:
     rows = []
     for r in json.loads(path.read_text())["results"]:
         figure = f"{r['images_per_s']:.1f} images/s, scaling efficiency {r['efficiency']:.0%}"
-        rows.append(Row(f"ddp_scaling {r['ranks']} GPU(s), batch {r['batch']}", PASS, figure))
+        seconds = sum(run["wall_s"] for run in r.get("rounds", [])) or None
+        rows.append(Row(f"ddp_scaling {r['ranks']} GPU(s), batch {r['batch']}", PASS, figure, seconds))
     return rows
 
 
 def time_row(elapsed: float, budget: float) -> Row:
-    return Row("total time", PASS if elapsed <= budget else FAIL, f"{elapsed:.0f} s (budget {budget:.0f} s)")
+    return Row("total time", PASS if elapsed <= budget else FAIL, f"budget {budget:.0f} s", elapsed)
+
+
+def seconds_cell(seconds: float | None) -> str:
+    return "-" if seconds is None or math.isnan(seconds) else f"{seconds:.1f}"  # NaN: no time in the report
 
 
 def render(rows: list[Row]) -> str:
-    cells = [HEADER, *((r.name, r.result, r.figure) for r in rows)]
-    widths = [max(len(c[i]) for c in cells) for i in range(2)]
-    lines = [f"{c[0]:<{widths[0]}}  {c[1]:<{widths[1]}}  {c[2]}".rstrip() for c in cells]
+    cells = [HEADER, *((r.name, r.result, seconds_cell(r.seconds), r.figure) for r in rows)]
+    widths = [max(len(c[i]) for c in cells) for i in range(3)]
+    lines = [f"{c[0]:<{widths[0]}}  {c[1]:<{widths[1]}}  {c[2]:>{widths[2]}}  {c[3]}".rstrip() for c in cells]
     lines.insert(1, "-" * max(len(line) for line in lines))
     counts = {result: sum(r.result == result for r in rows) for result in (PASS, FAIL, SKIP)}
     lines.append(f"{counts[PASS]} passed, {counts[FAIL]} failed, {counts[SKIP]} skipped")
