@@ -107,10 +107,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget", type=float, default=300.0, help="seconds it may take (default 300)")
     parser.add_argument("--out", type=Path, default=None, help="also write the table here")
     args = parser.parse_args(argv)
-    if args.junit.is_file():
-        rows = junit_rows(args.junit)
-    else:
+    if not args.junit.is_file():
         rows = [Row("tests", FAIL, f"no report at {args.junit}: pytest did not run to the end")]
+    else:
+        rows = junit_rows(args.junit) or [Row("tests", FAIL, f"{args.junit} holds no test: none was collected")]
     if args.scaling is not None:
         rows += scaling_rows(args.scaling)
     if args.elapsed is not None:

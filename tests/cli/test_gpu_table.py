@@ -65,7 +65,7 @@ def junit_report(tmp_path, *select: str):
     report = tmp_path / "report.xml"
     args = ["-m", "pytest", "-q", "-p", "no:cacheprovider", "test_tiny.py", "--junitxml", str(report)]
     proc = run_script([*args, "-o", "junit_family=xunit1", *select], cwd=tmp_path)
-    assert proc.returncode in (0, 1), proc.stdout[-2000:]  # 1: test_fail failed, as it should
+    assert proc.returncode in (0, 1, 5), proc.stdout[-2000:]  # 1: test_fail failed, as it should; 5: none chosen
     return report
 
 
@@ -108,6 +108,8 @@ def test_a_clean_run_exits_0_and_missing_results_or_overtime_fail(tmp_path):
     assert rows["total time"] == ("fail", "budget 300 s")
     nothing = gpu_table(tmp_path, "--junit", str(tmp_path / "absent.xml"))
     assert nothing.returncode == 1 and table_rows(nothing.stdout)["tests"][0] == "fail"
+    empty = gpu_table(tmp_path, "--junit", str(junit_report(tmp_path, "-k", "no_such_test")))
+    assert empty.returncode == 1 and table_rows(empty.stdout)["tests"][0] == "fail"  # nothing ran: not a pass
 
 
 def test_gpu_check_script_parses_and_passes_shellcheck():
