@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 out="${1:-bench/results}"
 budget=300
 mkdir -p "$out"
-python -c "import torch; print(torch.__version__, torch.cuda.get_device_name(0), torch.cuda.device_count(), 'GPU(s)')"
+python -c "import torch; c = torch.cuda; print(torch.__version__, c.is_available() and c.get_device_name(0), c.device_count(), 'GPU(s)')"
 start=$SECONDS
 rm -f "$out/gpu_tests.xml" "$out/gpu_scaling.json"  # stale files would pass for this run's results
 # xunit1: the JUnit family record_property is made for (pytest warns about it under its default xunit2).
