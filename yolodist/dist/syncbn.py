@@ -50,35 +50,18 @@ class CpuSyncBatchNorm(nn.modules.batchnorm._BatchNorm):
         mean, var, total = self._global_stats(x)
         if self.track_running_stats:
             self._update_running(mean.detach(), var.detach(), total)
-        shape = (1, -1, 1, 1)
-        out = (x.to(mean.dtype) - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
-        if self.affine:
-            out = out * self.weight.to(out.dtype).view(shape) + self.bias.to(out.dtype).view(shape)
-        return out.to(x.dtype)
+        return normalise(x, mean, var, self.eps, self.weight, self.bias)  # both None unless affine
 
     def _global_stats(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float]:
         """Mean [C] and biased variance [C] over all ranks' samples, and their count per channel."""
         channels, world, rank = x.shape[1], dist.get_world_size(), dist.get_rank()
-        # Half-precision sums over a whole batch lose everything; float64 stays float64.
-        acc = torch.float64 if x.dtype == torch.float64 else torch.float32
-        xs = x.to(acc)
-        count = x.numel() // channels
-        if count:
-            var, mean = torch.var_mean(xs, dim=(0, 2, 3), correction=0)
-        else:  # an empty shard contributes nothing, but stays in the autograd graph
-            mean = var = xs.sum(dim=(0, 2, 3))
-        row = torch.cat([xs.new_full((1,), float(count)), mean, var])
+        count, mean, var = shard_stats(x)
+        row = torch.cat([mean.new_full((1,), float(count)), mean, var])
         # Each rank fills its own row of a zero table; the summed table is everyone's rows, and
         # all_reduce's backward sends every rank the gradient of its own row.
-        table = torch.cat([xs.new_zeros(rank, row.numel()), row[None], xs.new_zeros(world - rank - 1, row.numel())])
+        table = torch.cat([row.new_zeros(rank, row.numel()), row[None], row.new_zeros(world - rank - 1, row.numel())])
         table = all_reduce(table)
-        counts, means, variances = table[:, :1], table[:, 1 : channels + 1], table[:, channels + 1 :]
-        total = float(counts.detach().sum())
-        if total <= 1:
-            raise ValueError(f"Expected more than 1 value per channel when training, got {total:g} over all ranks")
-        global_mean = (counts * means).sum(0) / total
-        global_var = (counts * (variances + (means - global_mean) ** 2)).sum(0) / total
-        return global_mean, global_var, total
+        return combine_stats(table[:, :1], table[:, 1 : channels + 1], table[:, channels + 1 :])
 
     @torch.no_grad()
     def _update_running(self, mean: torch.Tensor, var: torch.Tensor, total: float) -> None:
@@ -88,6 +71,58 @@ class CpuSyncBatchNorm(nn.modules.batchnorm._BatchNorm):
         unbiased = var * (total / (total - 1))
         self.running_mean.mul_(1 - factor).add_(mean.to(self.running_mean.dtype), alpha=factor)
         self.running_var.mul_(1 - factor).add_(unbiased.to(self.running_var.dtype), alpha=factor)
+
+
+def shard_stats(x: torch.Tensor) -> tuple[int, torch.Tensor, torch.Tensor]:
+    """One shard's values per channel, mean [C] and biased variance [C] (two-pass: no cancellation)."""
+    # Half-precision sums over a whole batch lose everything; float64 stays float64.
+    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    xs = x.to(acc)
+    count = x.numel() // x.shape[1]
+    if count:
+        var, mean = torch.var_mean(xs, dim=(0, 2, 3), correction=0)
+    else:  # an empty shard contributes nothing, but stays in the autograd graph
+        mean = var = xs.sum(dim=(0, 2, 3))
+    return count, mean, var
+
+
+def combine_stats(
+    counts: torch.Tensor, means: torch.Tensor, variances: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """The global mean [C], biased variance [C] and sample count of shards given by their statistics.
+
+    ``counts`` [R, 1] values per channel of each shard, ``means`` and ``variances`` (biased) [R, C].
+    Exact for any shard sizes, 0 included (Chan et al.: the pooled variance is the mean within-shard
+    variance plus the variance of the shard means), and differentiable in ``means`` and ``variances``.
+    Kept apart from the all-reduce so that one process can check it against other implementations
+    (torch's CUDA kernels, tests/gpu).
+    """
+    total = float(counts.detach().sum())
+    if total <= 1:
+        raise ValueError(f"Expected more than 1 value per channel when training, got {total:g} over all ranks")
+    global_mean = (counts * means).sum(0) / total
+    global_var = (counts * (variances + (means - global_mean) ** 2)).sum(0) / total
+    return global_mean, global_var, total
+
+
+def normalise(
+    x: torch.Tensor,
+    mean: torch.Tensor,
+    var: torch.Tensor,
+    eps: float,
+    weight: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``x`` [N, C, H, W] normalised by the given per-channel statistics, then scaled and shifted.
+
+    Computed in the statistics' dtype (float32 for half inputs, whose own precision would lose the
+    small differences from the mean) and returned in ``x``'s dtype.
+    """
+    shape = (1, -1, 1, 1)
+    out = (x.to(mean.dtype) - mean.view(shape)) * torch.rsqrt(var.view(shape) + eps)
+    if weight is not None and bias is not None:
+        out = out * weight.to(out.dtype).view(shape) + bias.to(out.dtype).view(shape)
+    return out.to(x.dtype)
 
 
 def _move_state(source: nn.Module, target: nn.Module) -> nn.Module:
