@@ -21,9 +21,12 @@ lint: $(STAMP)
 	$(VENV)/bin/lint-imports
 	$(VENV)/bin/hadolint Dockerfile
 
-# pyproject's addopts leave out the tests marked slow; test-slow runs only them.
+# pyproject's addopts leave out the tests marked slow; test-slow runs only them. The tests of one
+# process run two at a time (one core each, a file's tests together so its fixtures are built once);
+# then the multi-process tests (marked dist) run one at a time, each with every core.
 test: lint
-	OMP_NUM_THREADS=1 $(PY) -m pytest --durations=25
+	OMP_NUM_THREADS=1 $(PY) -m pytest -m 'not slow and not dist' -n 2 --dist loadfile --durations=15
+	OMP_NUM_THREADS=1 $(PY) -m pytest -m 'not slow and dist' --durations=15
 
 test-slow: $(STAMP)
 	OMP_NUM_THREADS=1 $(PY) -m pytest -m slow

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import os
 import socket
@@ -9,7 +10,7 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import pytest
 
@@ -17,6 +18,20 @@ if TYPE_CHECKING:
     import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+T = TypeVar("T")
+# Folders whose every test launches real ranks, nodes or a cluster: marked ``dist`` here so that
+# ``make test`` runs them one at a time, after the rest has run in parallel (their timeouts and
+# rendezvous would otherwise share the cores with other tests).
+SERIAL_FOLDERS = ("dist", "slurm", "gpu")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if (
+            item.path.is_relative_to(ROOT / "tests")
+            and item.path.relative_to(ROOT / "tests").parts[0] in SERIAL_FOLDERS
+        ):
+            item.add_marker(pytest.mark.dist)
 
 
 @pytest.fixture(scope="session")
@@ -54,6 +69,16 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def concurrently(*jobs: Callable[[], T]) -> list[T]:
+    """Run independent blocking jobs (trainings in subprocesses) at the same time; their results in order.
+
+    A training spends part of its time starting up or waiting; two side by side finish sooner than one
+    after the other. Only for jobs whose results do not depend on timing (deterministic runs).
+    """
+    with concurrent.futures.ThreadPoolExecutor(len(jobs)) as pool:
+        return [future.result() for future in [pool.submit(job) for job in jobs]]
 
 
 def run_script(

@@ -7,6 +7,7 @@ import pytest
 from tests.conftest import ROOT, run_script
 
 
+@pytest.mark.dist
 @pytest.mark.timeout(300)
 def test_ddp_scaling_bench_writes_its_figures(tmp_path, tiny_shapes):
     out = tmp_path / "results" / "scaling.json"

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import yolodist
-from tests.conftest import ROOT, free_port, run_script
+from tests.conftest import ROOT, concurrently, free_port, run_script
 
 pytestmark = pytest.mark.dist
 
@@ -244,13 +244,17 @@ def test_world_size_invariance_with_sync_bn(tmp_path, tiny_shapes):
     """1 process x batch 8, 2 ranks x 4 and 2 nodes x 1 rank x 4 follow the same trajectory with --sync-bn;
     without it they do not."""
     common = invariance_args(tiny_shapes, tmp_path)
-    one = run_script([*common, "--name", "one"], cwd=tmp_path)
+    one, two = concurrently(
+        lambda: run_script([*common, "--name", "one"], cwd=tmp_path),
+        lambda: torchrun([*common, "--name", "two", "--sync-bn"], cwd=tmp_path),
+    )
     assert one.returncode == 0, one.stderr[-3000:]
-    two = torchrun([*common, "--name", "two", "--sync-bn"], cwd=tmp_path)
     assert two.returncode == 0, two.stderr[-3000:]
-    plain = torchrun([*common, "--name", "plain"], cwd=tmp_path)
+    plain, nodes = concurrently(
+        lambda: torchrun([*common, "--name", "plain"], cwd=tmp_path),
+        lambda: two_nodes(lambda rank: [*common, "--name", "nodes", "--sync-bn"], tmp_path),
+    )
     assert plain.returncode == 0, plain.stderr[-3000:]
-    nodes = two_nodes(lambda rank: [*common, "--name", "nodes", "--sync-bn"], tmp_path)
     assert [rc for rc, _, _ in nodes] == [0, 0], nodes[0][2][-2000:] + nodes[1][2][-2000:]
     a, b, c = load_last(tmp_path, "one"), load_last(tmp_path, "two"), load_last(tmp_path, "plain")
     assert_same_trajectory(a, b)
@@ -261,13 +265,16 @@ def test_world_size_invariance_with_sync_bn(tmp_path, tiny_shapes):
 
 
 @pytest.mark.timeout(300)
-@pytest.mark.parametrize("cache", ["ram", "disk"])
+# --cache disk is the same file format and reader as ram, kept beside the labels: the slow layer's.
+@pytest.mark.parametrize("cache", ["ram", pytest.param("disk", marks=pytest.mark.slow)])
 def test_rect_and_cache_under_ddp_keep_the_trajectory(tmp_path, tiny_shapes, cache):
     """--rect batches (one shape per global batch) and --cache under 2 ranks: still the one-process run."""
     common = [*invariance_args(tiny_shapes, tmp_path), "--rect", "--cache", cache]
-    one = run_script([*common, "--name", "one"], cwd=tmp_path)
+    one, two = concurrently(
+        lambda: run_script([*common, "--name", "one"], cwd=tmp_path),
+        lambda: torchrun([*common, "--name", "two", "--sync-bn"], cwd=tmp_path),
+    )
     assert one.returncode == 0, one.stderr[-3000:]
-    two = torchrun([*common, "--name", "two", "--sync-bn"], cwd=tmp_path)
     assert two.returncode == 0, two.stderr[-3000:]
     assert_same_trajectory(load_last(tmp_path, "one"), load_last(tmp_path, "two"))
 
@@ -277,12 +284,13 @@ def test_image_weights_under_ddp_keep_the_trajectory(tmp_path, tiny_shapes):
     """--image-weights: every rank slices the same weighted draw (and draws the same mosaic partners), so two
     ranks follow the one-process run; the weighted run is a different run from the plain one."""
     common = invariance_args(tiny_shapes, tmp_path)
-    one = run_script([*common, "--image-weights", "--name", "one"], cwd=tmp_path)
-    assert one.returncode == 0, one.stderr[-3000:]
-    two = torchrun([*common, "--image-weights", "--name", "two", "--sync-bn"], cwd=tmp_path)
-    assert two.returncode == 0, two.stderr[-3000:]
-    plain = run_script([*common, "--name", "plain"], cwd=tmp_path)
-    assert plain.returncode == 0, plain.stderr[-3000:]
+    one, two, plain = concurrently(
+        lambda: run_script([*common, "--image-weights", "--name", "one"], cwd=tmp_path),
+        lambda: torchrun([*common, "--image-weights", "--name", "two", "--sync-bn"], cwd=tmp_path),
+        lambda: run_script([*common, "--name", "plain"], cwd=tmp_path),
+    )
+    for proc in (one, two, plain):
+        assert proc.returncode == 0, proc.stderr[-3000:]
     a = load_last(tmp_path, "one")
     assert_same_trajectory(a, load_last(tmp_path, "two"))
     assert _global_rel_diff(a["model"], load_last(tmp_path, "plain")["model"]) > 1e-3

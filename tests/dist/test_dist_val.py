@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from tests.conftest import run_script
+from tests.conftest import concurrently, run_script
 from tests.dist.conftest import ROOT
 
 pytestmark = pytest.mark.dist
@@ -25,10 +25,12 @@ def _all_row(text: str) -> str:
 
 
 def test_two_ranks_equal_one_process(tmp_path, tiny_shapes, tiny_checkpoint, torchrun):
-    single = run_script(_args(tiny_shapes, tiny_checkpoint, tmp_path, "one"), cwd=tmp_path)
-    assert single.returncode == 0, single.stderr[-3000:]
     # batch 6 over 8 images: the second global batch is padded with repeats, which must not count twice
-    double = torchrun(_args(tiny_shapes, tiny_checkpoint, tmp_path, "two"), nproc=2, cwd=tmp_path)
+    single, double = concurrently(
+        lambda: run_script(_args(tiny_shapes, tiny_checkpoint, tmp_path, "one"), cwd=tmp_path),
+        lambda: torchrun(_args(tiny_shapes, tiny_checkpoint, tmp_path, "two"), nproc=2, cwd=tmp_path),
+    )
+    assert single.returncode == 0, single.stderr[-3000:]
     assert double.returncode == 0, double.stderr[-3000:]
     one_out, two_out = single.stdout + single.stderr, double.stdout + double.stderr
     assert _all_row(one_out) == _all_row(two_out)

@@ -299,7 +299,9 @@ def restart_flags(data: Path, project: Path, name: str) -> list[str]:
 
 @pytest.mark.dist
 @pytest.mark.timeout(240)
-@pytest.mark.parametrize("nodes", [1, 2], ids=["F5-1node", "F6-2nodes"])
+# One launcher of two ranks is the slow layer's: the same restart path as two launchers, which the
+# default layer keeps (and test_kill kills a rank of two static launchers outright).
+@pytest.mark.parametrize("nodes", [pytest.param(1, marks=pytest.mark.slow), 2], ids=["F5-1node", "F6-2nodes"])
 def test_f5_f6_a_restarted_launch_continues_its_run_bitwise(tmp_path, tiny_shapes, uninterrupted, nodes):
     """F5 (2 ranks on one launcher) and F6 (two launchers of one rank each on 127.0.0.1): with --max-restarts 1,
     rank 1 fails in epoch 1; the restarted round resumes the same run from its last.pt (epoch 0) and ends with

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.conftest import ROOT, run_script
+from tests.conftest import ROOT, concurrently, run_script
 from tests.dist.test_ddp import _global_rel_diff, _max_rel_diff, torchrun
 
 pytestmark = pytest.mark.dist
@@ -21,10 +21,12 @@ def test_eleven_images_batch_four_two_ranks_equal_one_process(tmp_path):
         "--batch", "4", "--epochs", "1", "--workers", "0", "--device", "cpu", "--deterministic", "--noplots",
         "--noautoanchor", "--project", str(tmp_path / "runs"),
     ]  # fmt: skip
-    one = run_script([*common, "--name", "one"], cwd=tmp_path)
-    assert one.returncode == 0, one.stderr[-3000:]
     # 11 = 4 + 4 + 3: the last global batch is split 2 + 1 over the ranks, nothing repeated.
-    two = torchrun([*common, "--name", "two", "--sync-bn"], cwd=tmp_path)
+    one, two = concurrently(
+        lambda: run_script([*common, "--name", "one"], cwd=tmp_path),
+        lambda: torchrun([*common, "--name", "two", "--sync-bn"], cwd=tmp_path),
+    )
+    assert one.returncode == 0, one.stderr[-3000:]
     assert two.returncode == 0, two.stderr[-3000:]
     load = lambda name: torch.load(tmp_path / "runs" / name / "weights" / "last.pt", weights_only=True)  # noqa: E731
     a, b = load("one"), load("two")

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from tests.cli.test_interrupt import assert_same_weights
-from tests.conftest import ROOT
+from tests.conftest import ROOT, concurrently
 from tests.dist.test_faults import WRAPPER
 
 TRAIN = str(ROOT / "train.py")
@@ -36,11 +36,6 @@ def wait_for(predicate, timeout: float, what: str, details=lambda: "") -> None:
 @pytest.mark.timeout(600)
 def test_warning_signal_checkpoints_requeues_and_the_requeued_job_finishes(slurm_cluster, tmp_path, tiny_shapes):
     runs, log = tmp_path / "runs", tmp_path / "job.log"
-    reference = slurm_cluster.run(
-        "srun", "-n", "2", sys.executable, TRAIN, *flags(tiny_shapes, runs, "full"), timeout=300, cwd=tmp_path
-    )
-    assert reference.returncode == 0, (reference.stdout + reference.stderr)[-3000:]
-
     slow = [sys.executable, WRAPPER, "--fault", "slow", "--seconds", "0.5", "--"]
     script = tmp_path / "job.sh"
     script.write_text(
@@ -48,25 +43,34 @@ def test_warning_signal_checkpoints_requeues_and_the_requeued_job_finishes(slurm
         f"#SBATCH --ntasks=2 --requeue --open-mode=append --output={log}\n"
         f"srun {shlex.join([*slow, *flags(tiny_shapes, runs, 'cut')])}\n"
     )
-    submitted = slurm_cluster.run("sbatch", "--parsable", str(script), cwd=tmp_path)
-    assert submitted.returncode == 0, submitted.stderr
-    job = submitted.stdout.strip().split(";")[0]
     text = lambda: log.read_text() if log.is_file() else ""  # noqa: E731
-    wait_for(lambda: "rank 0 finished step 4" in text(), 180, "epoch 1 to begin", text)
 
-    # What sbatch --signal=USR1@120 sends before the time limit: to every task of the job's steps.
-    sent = slurm_cluster.run("scancel", "--signal=USR1", job)
-    assert sent.returncode == 0, sent.stderr
-    wait_for(lambda: slurm_cluster.job_field(job, "Restarts") == "1", 120, "the job to requeue itself", text)
-    output = text()
-    assert f"requeued SLURM job {job}: it continues this run from its last.pt" in output, output[-3000:]
-    assert "rank 1: interrupted at epoch 1 step" in output and "Traceback" not in output, output[-3000:]
+    def cut_and_requeued() -> str:
+        submitted = slurm_cluster.run("sbatch", "--parsable", str(script), cwd=tmp_path)
+        assert submitted.returncode == 0, submitted.stderr
+        job = submitted.stdout.strip().split(";")[0]
+        wait_for(lambda: "rank 0 finished step 4" in text(), 180, "epoch 1 to begin", text)
+        # What sbatch --signal=USR1@120 sends before the time limit: to every task of the job's steps.
+        sent = slurm_cluster.run("scancel", "--signal=USR1", job)
+        assert sent.returncode == 0, sent.stderr
+        wait_for(lambda: slurm_cluster.job_field(job, "Restarts") == "1", 120, "the job to requeue itself", text)
+        output = text()
+        assert f"requeued SLURM job {job}: it continues this run from its last.pt" in output, output[-3000:]
+        assert "rank 1: interrupted at epoch 1 step" in output and "Traceback" not in output, output[-3000:]
+        # SLURM holds a requeued job back for two minutes before it may start again; start it now.
+        wait_for(lambda: slurm_cluster.job_state(job) == "PENDING", 120, "the requeued job to be pending", text)
+        slurm_cluster.run("scontrol", "update", f"jobid={job}", "StartTime=now")
+        wait_for(lambda: slurm_cluster.job_state(job) == "COMPLETED", 300, "the requeued job to finish", text)
+        return text()
 
-    # SLURM holds a requeued job back for two minutes before it may start again; start it now.
-    wait_for(lambda: slurm_cluster.job_state(job) == "PENDING", 120, "the requeued job to be pending", text)
-    slurm_cluster.run("scontrol", "update", f"jobid={job}", "StartTime=now")
-    wait_for(lambda: slurm_cluster.job_state(job) == "COMPLETED", 300, "the requeued job to finish", text)
-    output = text()
+    # The uninterrupted run trains at the same time as the job that is cut and requeued.
+    reference, output = concurrently(
+        lambda: slurm_cluster.run(
+            "srun", "-n", "2", sys.executable, TRAIN, *flags(tiny_shapes, runs, "full"), timeout=300, cwd=tmp_path
+        ),
+        cut_and_requeued,
+    )
+    assert reference.returncode == 0, (reference.stdout + reference.stderr)[-3000:]
     assert "requeue 1 of SLURM job: continuing this launch's run from" in output, output[-3000:]
     assert sorted(p.name for p in runs.iterdir() if p.is_dir()) == ["cut", "full"]  # the same run, continued
     assert_same_weights(runs / "full" / "weights" / "last.pt", runs / "cut" / "weights" / "last.pt")

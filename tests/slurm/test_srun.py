@@ -9,7 +9,7 @@ import time
 import pytest
 import torch
 
-from tests.conftest import free_port
+from tests.conftest import concurrently, free_port
 from tests.dist.test_ddp import invariance_args, load_last
 
 pytestmark = pytest.mark.timeout(400)
@@ -18,16 +18,20 @@ pytestmark = pytest.mark.timeout(400)
 def test_srun_tasks_train_as_one_ddp_job(slurm_cluster, tmp_path, tiny_shapes):
     """srun -n 2 python train.py: one run of 2 processes, equal bit for bit to torchrun's 2-process run."""
     common = [*invariance_args(tiny_shapes, tmp_path), "--sync-bn", "--noplots"]
-    proc = slurm_cluster.run("srun", "-n", "2", sys.executable, *common, "--name", "srun", timeout=300, cwd=tmp_path)
+    proc, launched = concurrently(
+        lambda: slurm_cluster.run(
+            "srun", "-n", "2", sys.executable, *common, "--name", "srun", timeout=300, cwd=tmp_path
+        ),
+        lambda: slurm_cluster.run(
+            sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+            "--master_port", str(free_port()), *common, "--name", "torchrun", timeout=300, cwd=tmp_path,
+        ),
+    )  # fmt: skip
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output[-4000:]
     assert "2 process(es) x 4 images" in output, output[-3000:]
     assert output.count("Starting training for 2 epochs") == 1  # rank 1 logs nothing of its own
-    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["srun"]  # one run, not two
-    launched = slurm_cluster.run(
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-        "--master_port", str(free_port()), *common, "--name", "torchrun", timeout=300, cwd=tmp_path,
-    )  # fmt: skip
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["srun", "torchrun"]  # srun's one run, not two
     assert launched.returncode == 0, launched.stderr[-3000:]
     a, b = load_last(tmp_path, "srun"), load_last(tmp_path, "torchrun")
     for key in a["model"]:
