@@ -24,16 +24,11 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from yolodist.utils.draw import colors, draw_box
+
 LOGGER = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-# Upstream's 20-colour class palette (RGB), so class colours match its plots and detections.
-_PALETTE_HEX = (
-    "FF3838", "FF9D97", "FF701F", "FFB21D", "CFD231", "48F90A", "92CC17", "3DDB86", "1A9334", "00D4BB",
-    "2C99A8", "00C2FF", "344593", "6473FF", "0018EC", "8438FF", "520085", "CB38FF", "FF95C8", "FF37C7",
-)  # fmt: skip
-_PALETTE_RGB = tuple((int(h[0:2], 16), int(h[2:4], 16), int(h[4:6], 16)) for h in _PALETTE_HEX)
 
 RESULTS_PANELS = (
     "train/box_loss",
@@ -50,12 +45,6 @@ RESULTS_PANELS = (
 
 _PRED_CONF_THRES = 0.25  # predictions below this are not drawn in the *_pred.jpg mosaics (as upstream)
 _LEGEND_MAX_CLASSES = 21  # above this many classes, per-class curves are grey and unlabelled
-
-
-def colors(i: int, bgr: bool = False) -> tuple[int, int, int]:
-    """Colour of class ``i`` from a fixed 20-colour palette (cycled); RGB, or BGR for OpenCV images."""
-    r, g, b = _PALETTE_RGB[int(i) % len(_PALETTE_RGB)]
-    return (b, g, r) if bgr else (r, g, b)
 
 
 def safe_plot(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T | None:
@@ -236,36 +225,6 @@ def _to_numpy(x: Any) -> np.ndarray:
             x = x.float()  # float16/bfloat16 have no (or no exact) NumPy counterpart
         return x.numpy()
     return np.asarray(x)
-
-
-def draw_box(
-    image: np.ndarray,
-    xyxy: Sequence[float],
-    label: str = "",
-    color: tuple[int, int, int] = (128, 128, 128),
-    line_width: int = 2,
-    font_scale: float | None = None,
-) -> None:
-    """Draw a box with its label on a filled tag above it (inside when there is no room), in place.
-
-    ``image`` is ``[H, W, 3]`` uint8 in the channel order ``color`` is given in; the text is white.
-    """
-    import cv2
-
-    font = cv2.FONT_HERSHEY_SIMPLEX
-    p1, p2 = (int(xyxy[0]), int(xyxy[1])), (int(xyxy[2]), int(xyxy[3]))
-    cv2.rectangle(image, p1, p2, color, thickness=max(line_width, 1), lineType=cv2.LINE_AA)
-    if not label:
-        return
-    font_scale = font_scale if font_scale is not None else line_width / 3
-    thickness = max(line_width - 1, 1)
-    (text_w, text_h), _ = cv2.getTextSize(label, font, font_scale, thickness)
-    pad = max(line_width, 2)
-    above = p1[1] - text_h - 2 * pad >= 0
-    tag_y = p1[1] - text_h - 2 * pad if above else p1[1]
-    cv2.rectangle(image, (p1[0], tag_y), (p1[0] + text_w + pad, tag_y + text_h + 2 * pad), color, -1, cv2.LINE_AA)
-    origin = (p1[0] + pad // 2, tag_y + text_h + pad)
-    cv2.putText(image, label, origin, font, font_scale, (255, 255, 255), thickness, cv2.LINE_AA)
 
 
 def _xywh_to_xyxy(boxes: np.ndarray) -> np.ndarray:
