@@ -5,7 +5,6 @@ from __future__ import annotations
 import torch
 import torchvision
 
-from yolodist.errors import BadFlag
 from yolodist.ops.boxes import xywh2xyxy
 
 
@@ -27,12 +26,13 @@ def non_max_suppression(  # noqa: PLR0913 - upstream's signature
     At most ``max_nms`` boxes (highest confidence) enter NMS and ``max_det`` leave it, by confidence.
     Classes are kept apart by shifting each class's boxes by ``cls * max_wh`` pixels (upstream's
     trick); the shift grows to the boxes' own extent when they are larger, so classes never touch.
-    The eval-mode model output ``(decoded, raw)`` may be passed as is.
+    The eval-mode model output ``(decoded, raw)`` may be passed as is. A threshold outside 0-1 is a
+    ``ValueError``.
     """
     if not 0 <= conf_thres <= 1:
-        raise BadFlag(f"--conf-thres must be between 0 and 1, got {conf_thres}")
+        raise ValueError(f"conf_thres must be between 0 and 1, got {conf_thres}")
     if not 0 <= iou_thres <= 1:
-        raise BadFlag(f"--iou-thres must be between 0 and 1, got {iou_thres}")
+        raise ValueError(f"iou_thres must be between 0 and 1, got {iou_thres}")
     if isinstance(prediction, list | tuple):
         prediction = prediction[0]  # eval mode returns (decoded, raw maps)
     class_filter = torch.tensor(classes, device=prediction.device) if classes is not None else None
