@@ -30,12 +30,13 @@ import urllib.request
 import zipfile
 import zlib
 from pathlib import Path, PurePosixPath
+from typing import BinaryIO
 
 from tqdm import tqdm
 
 from yolodist.errors import BadData, UserError
 from yolodist.utils.console import bars_wanted
-from yolodist.utils.io import temp_path_for
+from yolodist.utils.io import atomic_open
 
 LOGGER = logging.getLogger(__name__)
 
@@ -108,38 +109,24 @@ def download(
     scheme = urllib.parse.urlsplit(url).scheme.lower()
     if scheme not in URL_SCHEMES:
         raise DownloadFailed(f"cannot download {url}: only http, https and file URLs are supported{offline}")
-    tmp = temp_path_for(dest)
     made = [d for d in (dest.parent, *dest.parent.parents) if not d.exists()]
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
         opener = urllib.request.build_opener(_SafeRedirects)
         request = urllib.request.Request(url, headers={"User-Agent": "yolodist"})
-        with opener.open(request, timeout=timeout) as response, open(tmp, "wb") as f:
+        with opener.open(request, timeout=timeout) as response, atomic_open(dest) as f:
             length = response.headers.get("Content-Length")
             total = int(length) if length and length.isdigit() else None
-            received = 0
             # In a log file (a batch job) a redrawn bar is noise: one line when the file is complete instead.
             bar_shown = progress and bars_wanted()
             started = time.monotonic()
-            with tqdm(
-                total=total, desc=desc or dest.name, unit="B", unit_scale=True, unit_divisor=1024, disable=not bar_shown
-            ) as bar:
-                while chunk := response.read(_CHUNK):
-                    f.write(chunk)
-                    received += len(chunk)
-                    bar.update(len(chunk))
+            received = _copy_with_bar(response, f, total, desc or dest.name, bar_shown)
             # http.client returns a short body without complaint when the peer closes early.
             if total is not None and received != total:
                 raise DownloadFailed(f"could not download {url} (received {received} of {total} bytes){offline}")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, dest)
         if progress and not bar_shown:
             LOGGER.info(f"{desc or dest.name}: {received / 2**20:.1f} MiB in {time.monotonic() - started:.1f} s")
     except BaseException as e:
-        # BaseException too: an interrupted download must not leave its temp file behind.
-        with contextlib.suppress(OSError):
-            tmp.unlink()
         for folder in made:  # deepest first: parents() runs upwards
             with contextlib.suppress(OSError):
                 folder.rmdir()
@@ -149,6 +136,17 @@ def download(
             raise DownloadFailed(f"could not download {url} ({_describe(e)}){offline}") from e
         raise
     return dest
+
+
+def _copy_with_bar(response: BinaryIO, f: BinaryIO, total: int | None, desc: str, bar_shown: bool) -> int:
+    """Copy ``response`` into ``f`` in chunks, advancing a byte progress bar; returns the bytes copied."""
+    received = 0
+    with tqdm(total=total, desc=desc, unit="B", unit_scale=True, unit_divisor=1024, disable=not bar_shown) as bar:
+        while chunk := response.read(_CHUNK):
+            f.write(chunk)
+            received += len(chunk)
+            bar.update(len(chunk))
+    return received
 
 
 def _unsafe_name(name: str) -> str | None:
