@@ -23,6 +23,7 @@ from yolodist.config.schema import Hyp
 from yolodist.data import imcache
 from yolodist.data.cache import apply_class_limit, cache_path_for, list_image_files, load_or_scan, report
 from yolodist.data.images import read_image, read_verified
+from yolodist.data.imcache_file import ImageCache, Plan, make_plan, open_cache, resized_shape
 from yolodist.utils.seed import rng_for
 
 LOGGER = logging.getLogger(__name__)
@@ -121,7 +122,7 @@ class YoloDataset(Dataset):
             self._sort_by_aspect(pad)
         self.policy = TrainAugment(self.hyp, img_size) if augment else ValAugment(img_size)
         self.cache_images = cache_images
-        self.image_cache: imcache.ImageCache | None = None
+        self.image_cache: ImageCache | None = None
         # (size, mtime) of each file as scanned: an unchanged file may take the fast decoder.
         self._stamps = [_stamp(f) for f in self.im_files]
         self._failed: set[int] = set()
@@ -154,9 +155,9 @@ class YoloDataset(Dataset):
     def _interp(self) -> str:
         return "linear" if self.augment else "area"
 
-    def cache_plan(self) -> tuple[Path, imcache.Plan]:
+    def cache_plan(self) -> tuple[Path, Plan]:
         """Where this dataset's image cache lives and its layout (``cache_images`` must be set)."""
-        plan = imcache.make_plan(self.im_files, self.shapes, self.img_size, self._interp)
+        plan = make_plan(self.im_files, self.shapes, self.img_size, self._interp)
         if self.cache_images == "ram":
             return imcache.ram_path(plan), plan
         return imcache.disk_path(self.cache_file, self.img_size, self._interp), plan
@@ -168,7 +169,7 @@ class YoloDataset(Dataset):
             return
         path, plan = self.cache_plan()
         if not build:
-            self.image_cache = imcache.open_cache(path, plan)
+            self.image_cache = open_cache(path, plan)
             return
         threads = threads or len(os.sched_getaffinity(0))
         in_memory = self.cache_images == "ram"
@@ -181,7 +182,7 @@ class YoloDataset(Dataset):
         # A file changed since the scan goes through the strict decoder (it reports truncation).
         img = read_verified(f) if stamp is not None and stamp == self._stamps[i] else read_image(f)
         h0, w0 = img.shape[:2]
-        h, w = imcache.resized_shape(h0, w0, self.img_size)
+        h, w = resized_shape(h0, w0, self.img_size)
         if (h, w) != (h0, w0):
             # INTER_AREA gives the cleanest downscale for evaluation; training keeps upstream's LINEAR.
             interp = cv2.INTER_LINEAR if (self.augment or h > h0) else cv2.INTER_AREA
