@@ -21,7 +21,14 @@ from torch.utils.data import Dataset
 from yolodist.augment.policy import TrainAugment, ValAugment
 from yolodist.config.schema import Hyp
 from yolodist.data import imcache
-from yolodist.data.cache import apply_class_limit, cache_path_for, list_image_files, load_or_scan, report
+from yolodist.data.cache import (
+    ScanResult,
+    apply_class_limit,
+    cache_path_for,
+    list_image_files,
+    load_or_scan,
+    report,
+)
 from yolodist.data.images import read_image, read_verified
 from yolodist.data.imcache_file import ImageCache, Plan, make_plan, open_cache, resized_shape
 from yolodist.utils.seed import rng_for
@@ -104,19 +111,7 @@ class YoloDataset(Dataset):
         scan = load_or_scan(list_image_files(sources), self.cache_file, prefix=prefix, workers=workers)
         apply_class_limit(scan, nc)
         self.stats = report(scan, prefix)
-        # (path, reason[: detail]) of every skipped image, for the engine to write into the run folder.
-        self.skipped = [
-            (f, f"{p}: {d}" if d else p)
-            for f, p, d in zip(scan.im_files, scan.problems, scan.details, strict=True)
-            if p
-        ]
-        keep = np.flatnonzero(scan.usable())
-        self.im_files = [scan.im_files[i] for i in keep]
-        self.labels = [scan.labels[i].copy() for i in keep]
-        self.shapes = scan.shapes[keep].astype(np.int64)  # original (w, h)
-        if single_cls:
-            for lb in self.labels:
-                lb[:, 0] = 0
+        self._keep_usable(scan, single_cls)
         self.batch_shapes: np.ndarray | None = None
         if rect:
             self._sort_by_aspect(pad)
@@ -133,6 +128,22 @@ class YoloDataset(Dataset):
         # --image-weights: the cumulative draw weights, in shared memory so that persistent workers see
         # each epoch's (mosaic partners follow them, as upstream's); all zeros = draw uniformly.
         self._draw_cdf = torch.zeros(len(self.im_files), dtype=torch.float64).share_memory_() if image_weights else None
+
+    def _keep_usable(self, scan: ScanResult, single_cls: bool) -> None:
+        """Take ``scan``'s usable images (files, labels, original shapes) and list the skipped ones."""
+        # (path, reason[: detail]) of every skipped image, for the engine to write into the run folder.
+        self.skipped = [
+            (f, f"{p}: {d}" if d else p)
+            for f, p, d in zip(scan.im_files, scan.problems, scan.details, strict=True)
+            if p
+        ]
+        keep = np.flatnonzero(scan.usable())
+        self.im_files = [scan.im_files[i] for i in keep]
+        self.labels = [scan.labels[i].copy() for i in keep]
+        self.shapes = scan.shapes[keep].astype(np.int64)  # original (w, h)
+        if single_cls:
+            for lb in self.labels:
+                lb[:, 0] = 0
 
     def set_draw_weights(self, weights: np.ndarray) -> None:
         """Draw mosaic partners with these per-image weights from the next batch requested on."""
