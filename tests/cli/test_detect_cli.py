@@ -142,3 +142,10 @@ def test_missing_source_is_one_line(setup, tmp_path):
 def test_refused_before_any_work(tmp_path, args, expected):
     err = one_line_error(detect(tmp_path, "--weights", "x.pt", *args))
     assert expected in err
+
+
+@pytest.mark.parametrize(("flag", "value"), [("--conf-thres", "1.5"), ("--iou-thres", "-0.1")])
+def test_a_threshold_outside_0_1_is_one_line_naming_the_flag(setup, tmp_path, flag, value):
+    weights, src = setup
+    err = one_line_error(detect(tmp_path, "--weights", str(weights), "--source", str(src / "a.jpg"), flag, value))
+    assert err == f"yolodist detect: error: {flag} must be between 0 and 1, got {float(value)}\n"

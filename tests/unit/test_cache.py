@@ -19,6 +19,7 @@ from yolodist.data.cache import (
     scan_images,
 )
 from yolodist.errors import BadData
+from yolodist.utils import io
 
 
 def make_set(root, n=4, labels=True):
@@ -91,7 +92,7 @@ def test_read_only_folder_continues_without_cache(tmp_path, monkeypatch, caplog)
     def refuse(*a, **k):
         raise OSError(errno.EROFS, "Read-only file system")
 
-    monkeypatch.setattr(cache.tempfile, "mkstemp", refuse)
+    monkeypatch.setattr(io, "open", refuse, raising=False)  # the temp file cannot be created
     with caplog.at_level(logging.WARNING):
         scan = load_or_scan(list_image_files([src]), cache_path_for([src]))
     assert len(scan.im_files) == 4 and "continuing without it" in caplog.text

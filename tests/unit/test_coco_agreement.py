@@ -69,7 +69,7 @@ def _score_both(records: dict, names: list[str], tmp_path) -> tuple[tuple[float,
 
 
 def test_agrees_on_builtin_shapes(tmp_path):
-    from yolodist.data.synthetic import render_sample
+    from yolodist.data.shapes_render import render_sample
 
     names = ["circle", "square", "triangle", "pentagon", "hexagon", "ring", "star", "cross"]
     images = []

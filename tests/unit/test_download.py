@@ -19,13 +19,12 @@ import pytest
 
 from tests.conftest import free_port
 from yolodist.errors import BadData, UserError
+from yolodist.utils.archive import extract, member_names
 from yolodist.utils.download import (
     RELEASE_URL,
     DownloadFailed,
     download,
-    extract,
     is_url,
-    member_names,
     release_url,
     url_basename,
 )

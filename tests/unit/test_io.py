@@ -13,6 +13,7 @@ import torch
 from yolodist.utils import io as io_utils
 from yolodist.utils.io import (
     atomic_copy,
+    atomic_open,
     atomic_save,
     atomic_write_bytes,
     atomic_write_text,
@@ -153,6 +154,21 @@ def test_interrupt_removes_temp_and_propagates(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         atomic_save({"x": torch.ones(1)}, tmp_path / "a.pt", _hook=ctrl_c)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_atomic_open_streams_into_place_and_leaves_errors_as_they_are(tmp_path):
+    path = tmp_path / "a.bin"
+    with atomic_open(path) as f:
+        f.write(b"part 1, ")
+        assert not path.exists()  # nothing at the name until the block ends
+        f.write(b"part 2")
+    assert path.read_bytes() == b"part 1, part 2"
+    reset = ConnectionResetError(errno.ECONNRESET, "Connection reset by peer")
+    with pytest.raises(ConnectionResetError) as caught, atomic_open(path) as f:
+        f.write(b"half")
+        raise reset  # e.g. a download that breaks off: the caller words that error, not the writer
+    assert caught.value is reset
+    assert path.read_bytes() == b"part 1, part 2" and leftovers(tmp_path) == []
 
 
 def test_atomic_copy_is_a_snapshot(tmp_path):

@@ -162,3 +162,25 @@ def test_contested_and_uncontested_matches_together():
     )
     correct = match_predictions(dets, labels, torch.tensor([0.5]))
     assert correct[:, 0].tolist() == [True, False, True, False]
+
+
+def test_validation_summary_is_the_metrics_summary():
+    # Validation's overall figures and fitness come from Metrics and fitness(), not a second formula.
+    from yolodist.eval.validator import ImageRecord, metrics_from_records
+
+    gen = torch.Generator().manual_seed(3)
+    records = {}
+    for i in range(6):
+        cls = torch.randint(0, 3, (8, 1), generator=gen).float()
+        xy = torch.rand(8, 2, generator=gen) * 40
+        labels = torch.cat([cls, xy, xy + 10 + torch.rand(8, 2, generator=gen) * 10], 1)
+        jitter = torch.rand(8, 4, generator=gen) * 6
+        pred = torch.cat([labels[:, 1:] + jitter, torch.rand(8, 1, generator=gen), labels[:, :1]], 1)
+        pred[::3, 5] = (pred[::3, 5] + 1) % 3  # some detections of the wrong class
+        records[f"{i}.jpg"] = ImageRecord((64, 64), pred, labels, match_predictions(pred, labels, IOUV))
+    result = metrics_from_records(records, ["a", "b", "c", "d"])
+    summary = Metrics(result.ap)
+    assert (result.precision, result.recall, result.map50, result.map) == summary.mean_results()
+    np.testing.assert_array_equal(result.maps, summary.maps(4))
+    assert result.map == np.mean([c["map"] for c in result.per_class])  # exactly: the table's own mean
+    assert result.fitness == fitness(np.array(summary.mean_results())) == 0.1 * result.map50 + 0.9 * result.map

@@ -2,10 +2,10 @@
 
 import pytest
 import torch
+import torchvision
 
-from yolodist.errors import BadFlag
 from yolodist.ops.boxes import xywh2xyxy
-from yolodist.ops.nms import non_max_suppression
+from yolodist.ops.nms import _nms_keep, non_max_suppression
 
 
 def pred(boxes_xywh, obj, cls_scores):
@@ -93,9 +93,35 @@ def test_half_precision_and_model_output_tuple():
     assert out.shape == (1, 6) and out.dtype == torch.float16 and out[0, 5] == 79
 
 
-def test_bad_thresholds_are_user_errors():
+def test_bad_thresholds_are_value_errors_that_name_no_flag():
+    # A pure op knows no command line: the callers that do (detect, val) word the flag's message.
     p = torch.zeros(1, 3, 7)
-    with pytest.raises(BadFlag, match="conf-thres"):
+    with pytest.raises(ValueError, match=r"^conf_thres must be between 0 and 1, got 1.5$"):
         non_max_suppression(p, conf_thres=1.5)
-    with pytest.raises(BadFlag, match="iou-thres"):
+    with pytest.raises(ValueError, match=r"^iou_thres must be between 0 and 1, got -0.1$"):
         non_max_suppression(p, iou_thres=-0.1)
+
+
+def class_offset_keep(det, iou_thres):
+    """Per-class NMS by shifting each class's boxes past every other's, then one plain NMS."""
+    boxes = det[:, :4].float()
+    span = torch.clamp((boxes.amax() - boxes.amin()) + 1, min=7680)
+    return torchvision.ops.nms(boxes + det[:, 5:6].float() * span, det[:, 4].float(), iou_thres)
+
+
+@pytest.mark.parametrize("n", [300, 1500])  # torchvision runs NMS per class above 1000 boxes on the CPU
+def test_same_boxes_kept_as_by_class_offsets_on_overlapping_boxes_of_different_classes(n):
+    gen = torch.Generator().manual_seed(n)
+    xy = torch.rand(n, 2, generator=gen) * 120 - 20  # some boxes reach past the top and left edges
+    boxes = torch.cat([xy, xy + torch.rand(n, 2, generator=gen) * 50 + 5], 1)
+    det = torch.cat([boxes, torch.rand(n, 1, generator=gen), torch.randint(0, 5, (n, 1), generator=gen)], 1)
+    expected = class_offset_keep(det, 0.45)
+    assert len(expected) < n  # boxes of one class overlap ...
+    assert len(torchvision.ops.nms(det[:, :4], det[:, 4], 0.45)) < len(expected)  # ... and of other classes
+    assert torch.equal(_nms_keep(det, 0.45, agnostic=False), expected)
+
+
+def test_classes_stay_apart_when_boxes_reach_past_the_top_left_edge():
+    # Offsetting classes by the largest coordinate alone would move the class-1 box onto the class-0 one.
+    p = pred([[95, 95, 10, 10], [-6, -6, 10, 10]], [0.9, 0.8], [[1, 0], [0, 1]])
+    assert non_max_suppression(p)[0][:, 5].tolist() == [0, 1]

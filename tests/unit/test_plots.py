@@ -13,7 +13,6 @@ import torch
 
 from yolodist.eval import plots
 from yolodist.eval.plots import (
-    colors,
     gaussian_smooth,
     normalize_confusion,
     plot_confusion_matrix,
@@ -25,6 +24,7 @@ from yolodist.eval.plots import (
     read_results_csv,
     safe_plot,
 )
+from yolodist.utils.draw import colors
 
 UPSTREAM_COLUMNS = (
     "epoch",

@@ -11,7 +11,8 @@ import torch
 from yolodist.errors import BadFlag
 from yolodist.infer.annotate import annotate, box_label, crop_box, save_crop
 from yolodist.infer.backend import Backend
-from yolodist.infer.predict import Predictor, _summary, check_img_size
+from yolodist.infer.predict import _summary
+from yolodist.infer.predictor import Predictor, check_img_size
 
 NAMES = ["circle", "square", "triangle"]
 

@@ -18,11 +18,11 @@ import numpy as np
 import pytest
 import yaml
 
+from yolodist.data.shapes_render import render_sample
 from yolodist.data.synthetic import (
     SHAPES_NAMES,
     default_datasets_dir,
     ensure_shapes,
-    render_sample,
 )
 from yolodist.errors import BadData
 

@@ -3,8 +3,8 @@
 The cache lives beside the labels as upstream (``labels/train.cache``; ``train.cache`` beside a
 ``train.txt`` list). It is an ``.npz`` of plain arrays (loads with ``allow_pickle=False``), keyed by
 a hash of every image and label path with its size and mtime plus ``CACHE_VERSION``, and written
-atomically (temp file in the same folder + ``os.replace``). ``load_or_scan`` is a plain function:
-the caller makes sure only one process per node runs it at a time.
+atomically (``utils.io.atomic_open``: temp file in the same folder + ``os.replace``). ``load_or_scan``
+is a plain function: the caller makes sure only one process per node runs it at a time.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ import numpy as np
 from yolodist.data.images import IMG_FORMATS, verify_image
 from yolodist.data.labels import img2label_path, parse_label_file
 from yolodist.errors import BadData
+from yolodist.utils.io import atomic_open
 
 LOGGER = logging.getLogger(__name__)
 
@@ -128,7 +128,7 @@ def scan_images(im_files: list[str], workers: int = 8) -> ScanResult:
 
 
 def save_cache(path: Path, scan: ScanResult, key: str) -> None:
-    """Write ``scan`` atomically: a temp file in the same folder, fsync, then ``os.replace``."""
+    """Write ``scan`` atomically (``atomic_open``): the previous cache stays until the new one is complete."""
     counts = np.array([len(lb) for lb in scan.labels], dtype=np.int64)
     labels = np.concatenate(scan.labels) if scan.labels else np.zeros((0, 5), np.float32)
     arrays = {
@@ -143,16 +143,8 @@ def save_cache(path: Path, scan: ScanResult, key: str) -> None:
         "missing": scan.missing,
         "row_notes": np.array(json.dumps(dict(scan.row_notes))),
     }
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(path) as f:
+        np.savez(f, **arrays)
 
 
 def load_cache(path: Path, key: str) -> ScanResult | None:

@@ -21,8 +21,16 @@ from torch.utils.data import Dataset
 from yolodist.augment.policy import TrainAugment, ValAugment
 from yolodist.config.schema import Hyp
 from yolodist.data import imcache
-from yolodist.data.cache import apply_class_limit, cache_path_for, list_image_files, load_or_scan, report
+from yolodist.data.cache import (
+    ScanResult,
+    apply_class_limit,
+    cache_path_for,
+    list_image_files,
+    load_or_scan,
+    report,
+)
 from yolodist.data.images import read_image, read_verified
+from yolodist.data.imcache_file import ImageCache, Plan, make_plan, open_cache, resized_shape
 from yolodist.utils.seed import rng_for
 
 LOGGER = logging.getLogger(__name__)
@@ -103,6 +111,26 @@ class YoloDataset(Dataset):
         scan = load_or_scan(list_image_files(sources), self.cache_file, prefix=prefix, workers=workers)
         apply_class_limit(scan, nc)
         self.stats = report(scan, prefix)
+        self._keep_usable(scan, single_cls)
+        self.batch_shapes: np.ndarray | None = None
+        if rect:
+            self._sort_by_aspect(pad)
+        self.policy = TrainAugment(self.hyp, img_size) if augment else ValAugment(img_size)
+        self.cache_images = cache_images
+        self.image_cache: ImageCache | None = None
+        # (size, mtime) of each file as scanned: an unchanged file may take the fast decoder.
+        self._stamps = [_stamp(f) for f in self.im_files]
+        self._failed: set[int] = set()
+        self.load_failures: Counter = Counter()
+        # Which files broke after the scan, in shared memory: loader workers (forked) mark them here,
+        # so the process that owns the loader can report them, and the other workers skip them.
+        self._broken = torch.zeros(len(self.im_files), dtype=torch.bool).share_memory_()
+        # --image-weights: the cumulative draw weights, in shared memory so that persistent workers see
+        # each epoch's (mosaic partners follow them, as upstream's); all zeros = draw uniformly.
+        self._draw_cdf = torch.zeros(len(self.im_files), dtype=torch.float64).share_memory_() if image_weights else None
+
+    def _keep_usable(self, scan: ScanResult, single_cls: bool) -> None:
+        """Take ``scan``'s usable images (files, labels, original shapes) and list the skipped ones."""
         # (path, reason[: detail]) of every skipped image, for the engine to write into the run folder.
         self.skipped = [
             (f, f"{p}: {d}" if d else p)
@@ -116,22 +144,6 @@ class YoloDataset(Dataset):
         if single_cls:
             for lb in self.labels:
                 lb[:, 0] = 0
-        self.batch_shapes: np.ndarray | None = None
-        if rect:
-            self._sort_by_aspect(pad)
-        self.policy = TrainAugment(self.hyp, img_size) if augment else ValAugment(img_size)
-        self.cache_images = cache_images
-        self.image_cache: imcache.ImageCache | None = None
-        # (size, mtime) of each file as scanned: an unchanged file may take the fast decoder.
-        self._stamps = [_stamp(f) for f in self.im_files]
-        self._failed: set[int] = set()
-        self.load_failures: Counter = Counter()
-        # Which files broke after the scan, in shared memory: loader workers (forked) mark them here,
-        # so the process that owns the loader can report them, and the other workers skip them.
-        self._broken = torch.zeros(len(self.im_files), dtype=torch.bool).share_memory_()
-        # --image-weights: the cumulative draw weights, in shared memory so that persistent workers see
-        # each epoch's (mosaic partners follow them, as upstream's); all zeros = draw uniformly.
-        self._draw_cdf = torch.zeros(len(self.im_files), dtype=torch.float64).share_memory_() if image_weights else None
 
     def set_draw_weights(self, weights: np.ndarray) -> None:
         """Draw mosaic partners with these per-image weights from the next batch requested on."""
@@ -154,9 +166,9 @@ class YoloDataset(Dataset):
     def _interp(self) -> str:
         return "linear" if self.augment else "area"
 
-    def cache_plan(self) -> tuple[Path, imcache.Plan]:
+    def cache_plan(self) -> tuple[Path, Plan]:
         """Where this dataset's image cache lives and its layout (``cache_images`` must be set)."""
-        plan = imcache.make_plan(self.im_files, self.shapes, self.img_size, self._interp)
+        plan = make_plan(self.im_files, self.shapes, self.img_size, self._interp)
         if self.cache_images == "ram":
             return imcache.ram_path(plan), plan
         return imcache.disk_path(self.cache_file, self.img_size, self._interp), plan
@@ -168,7 +180,7 @@ class YoloDataset(Dataset):
             return
         path, plan = self.cache_plan()
         if not build:
-            self.image_cache = imcache.open_cache(path, plan)
+            self.image_cache = open_cache(path, plan)
             return
         threads = threads or len(os.sched_getaffinity(0))
         in_memory = self.cache_images == "ram"
@@ -181,7 +193,7 @@ class YoloDataset(Dataset):
         # A file changed since the scan goes through the strict decoder (it reports truncation).
         img = read_verified(f) if stamp is not None and stamp == self._stamps[i] else read_image(f)
         h0, w0 = img.shape[:2]
-        h, w = imcache.resized_shape(h0, w0, self.img_size)
+        h, w = resized_shape(h0, w0, self.img_size)
         if (h, w) != (h0, w0):
             # INTER_AREA gives the cleanest downscale for evaluation; training keeps upstream's LINEAR.
             interp = cv2.INTER_LINEAR if (self.augment or h > h0) else cv2.INTER_AREA

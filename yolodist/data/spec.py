@@ -106,7 +106,8 @@ def _shorten(script: str, limit: int = 80) -> str:
 
 def _fetch(urls: list[str], root: Path, yaml_file: Path) -> None:
     """Download and unpack each archive so that ``root`` (the YAML's ``path``) exists afterwards."""
-    from yolodist.utils.download import download, extract, member_names, url_basename  # lazy: rarely needed
+    from yolodist.utils.archive import extract, member_names  # lazy: rarely needed
+    from yolodist.utils.download import download, url_basename
 
     datasets_dir = root.parent
     for url in urls:

@@ -164,7 +164,9 @@ class Metrics:
 
     @property
     def map(self) -> float:
-        return float(self.ap.ap.mean()) if self.ap.ap.size else 0.0
+        # The mean of the per-class means, not ap.mean(): equal in exact arithmetic, and in this order
+        # the overall mAP is exactly the mean of the per-class mAP@0.5:0.95 that validation prints.
+        return float(self.ap.ap.mean(1).mean()) if self.ap.ap.size else 0.0
 
     def mean_results(self) -> tuple[float, float, float, float]:
         """(P, R, mAP@0.5, mAP@0.5:0.95), the order ``fitness`` expects."""

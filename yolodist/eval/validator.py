@@ -18,7 +18,7 @@ from torch import nn
 
 from yolodist.dist import collectives
 from yolodist.dist.env import DistEnv
-from yolodist.eval.metrics import APResult, ap_per_class, match_predictions
+from yolodist.eval.metrics import APResult, Metrics, ap_per_class, fitness, match_predictions
 from yolodist.ops.boxes import scale_boxes, xywh2xyxy
 from yolodist.ops.nms import non_max_suppression
 
@@ -55,7 +55,7 @@ class ValResult:
 
     @property
     def fitness(self) -> float:
-        return 0.1 * self.map50 + 0.9 * self.map
+        return float(fitness(np.array([self.precision, self.recall, self.map50, self.map])))
 
 
 @dataclass(frozen=True)
@@ -196,13 +196,12 @@ def metrics_from_records(records: dict[str, ImageRecord], names: list[str]) -> V
         return result
     ap = ap_per_class(correct, conf, pred_cls, target_cls)
     result.ap = ap
+    summary = Metrics(ap)
+    result.precision, result.recall, result.map50, result.map = summary.mean_results()
+    result.maps = summary.maps(nc)
     ap50, ap_all = ap.ap[:, 0], ap.ap.mean(1)
-    result.precision, result.recall = float(ap.p.mean()), float(ap.r.mean())
-    result.map50, result.map = float(ap50.mean()), float(ap_all.mean())
-    result.maps = np.full(nc, result.map)
     counts = np.bincount(target_cls.astype(int), minlength=nc)
     for k, c in enumerate(ap.classes.astype(int)):
-        result.maps[c] = ap_all[k]
         result.per_class.append(
             {
                 "name": names[c] if c < nc else str(c),

@@ -5,7 +5,6 @@ Images are HxWx3 uint8 BGR; boxes are corner boxes (x1, y1, x2, y2) in the image
 
 from __future__ import annotations
 
-import colorsys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -13,62 +12,17 @@ import cv2
 import numpy as np
 import torch
 
+from yolodist.utils.draw import colors, draw_box
 from yolodist.utils.io import atomic_write_bytes
 from yolodist.utils.paths import increment_path
 
-_GOLDEN_RATIO = 0.618033988749895
 CROP_GAIN = 1.02  # crops are a little larger than the box, as upstream's save_one_box
 CROP_PAD = 10  # pixels added to the crop's width and height
-
-
-def class_color(cls: int) -> tuple[int, int, int]:
-    """A BGR colour for class ``cls``: stable across runs, and neighbouring ids get well-separated hues."""
-    hue = (cls * _GOLDEN_RATIO) % 1.0
-    r, g, b = colorsys.hsv_to_rgb(hue, 0.85, 0.95)
-    return int(b * 255), int(g * 255), int(r * 255)
 
 
 def default_line_width(shape: Sequence[int]) -> int:
     """Box line width for an image of ``shape`` (h, w, ...): 0.3% of the mean side, at least 2 px."""
     return max(round((shape[0] + shape[1]) / 2 * 0.003), 2)
-
-
-def _text_color(background: tuple[int, int, int]) -> tuple[int, int, int]:
-    b, g, r = background
-    # Perceived luminance (Rec. 601 weights): dark text on light fills stays readable.
-    return (0, 0, 0) if 0.299 * r + 0.587 * g + 0.114 * b > 160 else (255, 255, 255)
-
-
-def draw_box(
-    image: np.ndarray,
-    xyxy: Sequence[float],
-    label: str | None,
-    color: tuple[int, int, int],
-    line_width: int,
-) -> None:
-    """Draw one box and its label on ``image`` in place; the label sits above the box, or inside when no room."""
-    p1 = (int(xyxy[0]), int(xyxy[1]))
-    p2 = (int(xyxy[2]), int(xyxy[3]))
-    cv2.rectangle(image, p1, p2, color, thickness=line_width, lineType=cv2.LINE_AA)
-    if not label:
-        return
-    font_thickness = max(line_width - 1, 1)
-    font_scale = line_width / 3
-    (text_w, text_h), _ = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, font_scale, font_thickness)
-    above = p1[1] - text_h - 3 >= 0
-    top = p1[1] - text_h - 3 if above else p1[1]
-    bottom = p1[1] if above else p1[1] + text_h + 3
-    cv2.rectangle(image, (p1[0], top), (p1[0] + text_w, bottom), color, -1, cv2.LINE_AA)
-    cv2.putText(
-        image,
-        label,
-        (p1[0], bottom - 2),
-        cv2.FONT_HERSHEY_SIMPLEX,
-        font_scale,
-        _text_color(color),
-        thickness=font_thickness,
-        lineType=cv2.LINE_AA,
-    )
 
 
 def box_label(name: str, conf: float, hide_labels: bool = False, hide_conf: bool = False) -> str | None:
@@ -94,7 +48,8 @@ def annotate(
     for x1, y1, x2, y2, conf, cls in reversed(rows):
         c = int(cls)
         name = names[c] if 0 <= c < len(names) else str(c)
-        draw_box(out, (x1, y1, x2, y2), box_label(name, conf, hide_labels, hide_conf), class_color(c), width)
+        label = box_label(name, conf, hide_labels, hide_conf)
+        draw_box(out, (x1, y1, x2, y2), label, colors(c, bgr=True), width, bgr=True)
     return out
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import torch
 import torchvision
 
-from yolodist.errors import BadFlag
 from yolodist.ops.boxes import xywh2xyxy
 
 
@@ -25,14 +24,14 @@ def non_max_suppression(  # noqa: PLR0913 - upstream's signature
     A box's confidence for a class is obj * cls. With ``multi_label`` every class above ``conf_thres``
     yields a box (used for mAP); otherwise only the best class. ``classes`` keeps only those class ids.
     At most ``max_nms`` boxes (highest confidence) enter NMS and ``max_det`` leave it, by confidence.
-    Classes are kept apart by shifting each class's boxes by ``cls * max_wh`` pixels (upstream's
-    trick); the shift grows to the boxes' own extent when they are larger, so classes never touch.
-    The eval-mode model output ``(decoded, raw)`` may be passed as is.
+    Classes are kept apart by ``torchvision.ops.batched_nms``; ``max_wh`` (upstream's fixed class
+    offset) is accepted for upstream's signature and not needed. The eval-mode model output
+    ``(decoded, raw)`` may be passed as is. A threshold outside 0-1 is a ``ValueError``.
     """
     if not 0 <= conf_thres <= 1:
-        raise BadFlag(f"--conf-thres must be between 0 and 1, got {conf_thres}")
+        raise ValueError(f"conf_thres must be between 0 and 1, got {conf_thres}")
     if not 0 <= iou_thres <= 1:
-        raise BadFlag(f"--iou-thres must be between 0 and 1, got {iou_thres}")
+        raise ValueError(f"iou_thres must be between 0 and 1, got {iou_thres}")
     if isinstance(prediction, list | tuple):
         prediction = prediction[0]  # eval mode returns (decoded, raw maps)
     class_filter = torch.tensor(classes, device=prediction.device) if classes is not None else None
@@ -44,7 +43,7 @@ def non_max_suppression(  # noqa: PLR0913 - upstream's signature
         if det.shape[0] > max_nms:
             det = det[det[:, 4].topk(max_nms).indices]
         if det.shape[0]:
-            det = det[_nms_keep(det, iou_thres, agnostic, max_wh)[:max_det]]
+            det = det[_nms_keep(det, iou_thres, agnostic)[:max_det]]
         output.append(det)
     return output
 
@@ -61,10 +60,12 @@ def _candidates(x: torch.Tensor, conf_thres: float, multi_label: bool) -> torch.
     return torch.cat((box, conf, j.to(x.dtype)), 1)[conf.view(-1) > conf_thres]
 
 
-def _nms_keep(det: torch.Tensor, iou_thres: float, agnostic: bool, max_wh: int) -> torch.Tensor:
+def _nms_keep(det: torch.Tensor, iou_thres: float, agnostic: bool) -> torch.Tensor:
     """Indices of ``det`` ``[n, 6]`` kept by per-class (or agnostic) NMS, highest confidence first."""
-    boxes = det[:, :4].float()  # the class offsets below overflow float16
-    if not agnostic:
-        span = torch.clamp((boxes.amax() - boxes.amin()) + 1, min=max_wh)
-        boxes = boxes + det[:, 5:6].float() * span
-    return torchvision.ops.nms(boxes, det[:, 4].float(), iou_thres)
+    boxes, scores = det[:, :4].float(), det[:, 4].float()  # float16 overflows batched_nms's class offsets
+    if agnostic:
+        return torchvision.ops.nms(boxes, scores, iou_thres)
+    # batched_nms offsets each class by the largest coordinate, which keeps classes apart only when no
+    # coordinate is negative; boxes reaching past the top or left edge are shifted (IoU is unchanged).
+    boxes = boxes - boxes.amin().clamp(max=0)
+    return torchvision.ops.batched_nms(boxes, scores, det[:, 5], iou_thres)

@@ -15,7 +15,7 @@ import logging
 import os
 import re
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -43,6 +43,30 @@ def _fsync_dir(directory: Path) -> None:
             os.close(fd)
 
 
+@contextlib.contextmanager
+def atomic_open(path: str | Path) -> Iterator[BinaryIO]:
+    """A binary file to write ``path``'s new content into; it replaces ``path`` when the block ends.
+
+    The file is a temp file beside ``path``, flushed, fsynced and renamed over ``path`` when the
+    ``with`` block completes, then the directory is fsynced. If the block raises, the temp file is
+    removed, ``path`` is left as it was and the error propagates unchanged.
+    """
+    path = Path(path)
+    tmp = temp_path_for(path)
+    try:
+        with open(tmp, "wb") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        # BaseException too: a KeyboardInterrupt mid-write must not leave the temp file behind.
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    _fsync_dir(path.parent)
+
+
 def _atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
     """Run ``write(file)`` on a temp file beside ``path`` and move the result into place atomically.
 
@@ -50,23 +74,15 @@ def _atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
     permission denied) is re-raised as the same kind of ``OSError`` whose message names ``path``.
     """
     path = Path(path)
-    tmp = temp_path_for(path)
     try:
-        with open(tmp, "wb") as f:
+        with atomic_open(path) as f:
             write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:
-        # BaseException too: a KeyboardInterrupt mid-write must not leave the temp file behind.
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        if isinstance(e, OSError) and e.errno is not None:
+    except OSError as e:
+        if e.errno is not None:
             # OSError(errno, ...) picks the matching subclass (PermissionError, ...), so callers can
             # still tell the cases apart; the caller decides whether a full disk stops training.
             raise OSError(e.errno, f"could not write {path}: {e.strerror or e}{free_space_note(e, path)}") from e
         raise
-    _fsync_dir(path.parent)
 
 
 def free_space_note(error: OSError, path: Path) -> str:
