@@ -23,7 +23,7 @@ import numpy as np
 from yolodist.data.images import IMG_FORMATS, verify_image
 from yolodist.data.labels import img2label_path, parse_label_file
 from yolodist.errors import BadData
-from yolodist.utils.io import atomic_open
+from yolodist.utils.io import atomic_open, free_space_note
 
 LOGGER = logging.getLogger(__name__)
 
@@ -190,7 +190,7 @@ def load_or_scan(im_files: list[str], cache_path: Path, *, prefix: str = "", wor
         save_cache(cache_path, scan, key)
         LOGGER.info(f"{prefix}new label cache saved to {cache_path}")
     except OSError as e:
-        reason = e.strerror or e
+        reason = f"{e.strerror or e}{free_space_note(e, cache_path)}"
         LOGGER.warning(f"{prefix}cannot write label cache {cache_path} ({reason}); continuing without it")
     return scan
 
