@@ -23,7 +23,7 @@ import torch
 
 from tests.conftest import ROOT, run_script
 from yolodist.engine.checkpoint import build_checkpoint, save_checkpoint, strip_for_release
-from yolodist.engine.upstream import load_upstream
+from yolodist.checkpoint.upstream import load_upstream
 from yolodist.engine.weights import load_model, load_weights
 from yolodist.errors import BadCheckpoint
 from yolodist.models import Model
