@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from yolodist.checkpoint.weights import load_weights, resolve_weights
 from yolodist.config.io import load_hyp
 from yolodist.config.schema import Hyp, TrainConfig
 from yolodist.data.dataset import YoloDataset
@@ -38,7 +39,6 @@ from yolodist.engine.optim import (
     warmup_steps,
 )
 from yolodist.engine.precision import needs_scaler
-from yolodist.engine.weights import load_weights, resolve_weights
 from yolodist.errors import BadCheckpoint
 from yolodist.models import Model
 

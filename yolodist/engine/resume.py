@@ -11,10 +11,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 from torch.utils.data import DataLoader, Sampler
 
+from yolodist.checkpoint.weights import load_weights, resolve_weights
 from yolodist.config.schema import TrainConfig
 from yolodist.engine.checkpoint import PickledCheckpoint, load_latest_good
 from yolodist.engine.optim import keep_implementation
-from yolodist.engine.weights import load_weights, resolve_weights
 from yolodist.errors import BadCheckpoint, BadFlag
 
 if TYPE_CHECKING:

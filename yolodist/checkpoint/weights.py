@@ -13,8 +13,8 @@ from urllib.parse import urlsplit
 
 import torch
 
-from yolodist.engine.checkpoint import PickledCheckpoint, load_checkpoint
 from yolodist.checkpoint.upstream import load_upstream
+from yolodist.engine.checkpoint import PickledCheckpoint, load_checkpoint
 from yolodist.errors import BadCheckpoint
 from yolodist.models import Model
 from yolodist.utils.download import download, release_url, url_basename
