@@ -1,4 +1,9 @@
-"""Checkpoint files: their layout, writing them safely, reading ours and upstream's, resuming from them.
+"""Checkpoint files: their layout, writing them safely, reading ours and upstream's.
 
+``state``    the layout: the ``TrainingState`` dataclass, its schema version, ``build_checkpoint``
+``files``    atomic writes that keep the previous generation, weights-only loads with readable errors
 ``upstream`` upstream YOLOv5 ``.pt`` files of pickled modules, read without running their code
+``weights``  "weights from this file" for train, val, detect and export; matching-weight transfer
+
+Nothing here imports the training engine, so inference and export load weights without it.
 """

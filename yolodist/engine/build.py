@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from yolodist.checkpoint.weights import load_weights, resolve_weights
+from yolodist.checkpoint.weights import load_weights, resolve_weights, transfer_weights
 from yolodist.config.io import load_hyp
 from yolodist.config.schema import Hyp, TrainConfig
 from yolodist.data.dataset import YoloDataset
@@ -27,7 +27,6 @@ from yolodist.dist import collectives, parallel
 from yolodist.dist.env import DistEnv
 from yolodist.dist.scope import main_first
 from yolodist.engine import autoanchor
-from yolodist.engine.checkpoint import transfer_weights
 from yolodist.engine.ema import ModelEMA
 from yolodist.engine.loss import LossTerms, YoloLoss, reduce_loss
 from yolodist.engine.optim import (

@@ -11,9 +11,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 from torch.utils.data import DataLoader, Sampler
 
+from yolodist.checkpoint.files import PickledCheckpoint, load_latest_good
 from yolodist.checkpoint.weights import load_weights, resolve_weights
 from yolodist.config.schema import TrainConfig
-from yolodist.engine.checkpoint import PickledCheckpoint, load_latest_good
 from yolodist.engine.optim import keep_implementation
 from yolodist.errors import BadCheckpoint, BadFlag
 

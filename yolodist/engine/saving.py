@@ -6,8 +6,9 @@ import logging
 import signal
 from typing import TYPE_CHECKING
 
+from yolodist.checkpoint.files import save_checkpoint
+from yolodist.checkpoint.state import build_checkpoint
 from yolodist.dist import collectives, slurm
-from yolodist.engine.checkpoint import build_checkpoint, save_checkpoint
 from yolodist.engine.watchdog import StopRequested
 from yolodist.errors import CannotSave, DistFailure, Interrupted
 from yolodist.eval.validator import ValResult
