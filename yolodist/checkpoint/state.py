@@ -24,6 +24,7 @@ from __future__ import annotations
 import datetime
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -71,7 +72,7 @@ def check_format(ckpt: dict, path: str | Path | None = None) -> None:
 class TrainingState:
     """What a checkpoint holds (layout in the module docstring); every field may be missing from a file.
 
-    ``from_dict(to_dict(s)) == s``, and ``to_dict(from_dict(d)) == d`` for any dict we wrote.
+    ``from_dict(to_dict(s)) == s``, and ``to_dict(from_dict(d)) == d`` for every dict training writes.
     """
 
     model: dict[str, torch.Tensor] = field(default_factory=dict)
@@ -94,6 +95,24 @@ class TrainingState:
     stride: list[float] | None = None
     source: str | None = None
     extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def new(cls, *, names: list[str], epoch: int, best_fitness: float, updates: int, **values: Any) -> TrainingState:
+        """A state saved now by this yolodist: version and date stamped, ``nc`` counted from ``names``.
+
+        The counters become plain Python numbers: a numpy scalar would make the file need pickled
+        classes, which weights-only loading refuses.
+        """
+        return cls(
+            version=__version__,
+            date=datetime.datetime.now(datetime.timezone.utc).isoformat(),
+            epoch=int(epoch),
+            best_fitness=float(best_fitness),
+            updates=int(updates),
+            names=list(names),
+            nc=len(names),
+            **values,
+        )
 
     @property
     def resumable(self) -> bool:
@@ -132,23 +151,24 @@ def build_checkpoint(  # noqa: PLR0913 - every field of the file, by name
     hyp: dict,
     extra: dict | None = None,
 ) -> dict:
-    """A checkpoint dict written now by this yolodist; ``extra`` adds the optional fields (stride, scaler, ...)."""
-    state = TrainingState.from_dict(
-        {
-            "version": __version__,
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(),
-            "epoch": int(epoch),
-            "best_fitness": float(best_fitness),
-            "model": model_state,
-            "ema": ema_state,
-            "updates": int(ema_updates),
-            "optimizer": optimizer_state,
-            "opt": opt,
-            "yaml": yaml,
-            "names": list(names),
-            "nc": len(names),
-            "hyp": hyp,
-            **(extra or {}),
-        }
+    """``TrainingState.new`` as the dict written to disk; ``extra`` sets optional fields (stride, ...) or adds keys.
+
+    Any other key of ``extra`` is written after the fields, replacing one of the same name, as it always was.
+    """
+    extra = extra or {}
+    optional = {key: value for key, value in extra.items() if key in _WHEN_SET}
+    state = TrainingState.new(
+        model=model_state,
+        ema=ema_state,
+        updates=ema_updates,
+        optimizer=optimizer_state,
+        epoch=epoch,
+        best_fitness=best_fitness,
+        opt=opt,
+        yaml=yaml,
+        names=names,
+        hyp=hyp,
+        extra={key: value for key, value in extra.items() if key not in _WHEN_SET},
+        **optional,
     )
     return state.to_dict()
