@@ -125,7 +125,8 @@ def write_checkpoint(
     """
     import torch
 
-    from yolodist.engine.checkpoint import build_checkpoint, save_checkpoint
+    from yolodist.checkpoint.files import save_checkpoint
+    from yolodist.checkpoint.state import build_checkpoint
     from yolodist.models import Model
 
     torch.manual_seed(seed)

@@ -13,18 +13,16 @@ import torch
 from torch import nn
 
 from yolodist import __version__
-from yolodist.engine.checkpoint import (
-    FORMAT,
-    FORMAT_VERSION,
+from yolodist.checkpoint.files import (
     PickledCheckpoint,
-    build_checkpoint,
     load_checkpoint,
     load_latest_good,
     previous_path,
     save_checkpoint,
     strip_for_release,
-    transfer_weights,
 )
+from yolodist.checkpoint.state import FORMAT, FORMAT_VERSION, build_checkpoint
+from yolodist.checkpoint.weights import transfer_weights
 from yolodist.errors import BadCheckpoint, UserError
 from yolodist.utils import io as io_utils
 

@@ -14,9 +14,9 @@ import torch
 
 from tests.unit.conftest import CHECKPOINT_NAMES
 from yolodist.augment.geometry import letterbox
+from yolodist.checkpoint.weights import load_model
 from yolodist.data.images import read_image
 from yolodist.data.synthetic import ensure_shapes
-from yolodist.engine.weights import load_model
 from yolodist.errors import BadCheckpoint, BadFlag
 from yolodist.export import onnx as onnx_export
 from yolodist.export.formats import parse_formats

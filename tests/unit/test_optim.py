@@ -9,19 +9,20 @@ import pytest
 import torch
 from torch import nn
 
+from yolodist.checkpoint.restore import keep_implementation, restore
+from yolodist.checkpoint.state import TrainingState
 from yolodist.config.schema import Hyp, TrainConfig
 from yolodist.engine.build import build_optim
+from yolodist.engine.ema import ModelEMA
 from yolodist.engine.optim import (
     accumulate_steps,
     build_optimizer,
-    keep_implementation,
     lr_lambda,
     param_groups,
     scaled_weight_decay,
     warmup,
     warmup_steps,
 )
-from yolodist.engine.resume import restore_training
 from yolodist.errors import BadFlag
 
 
@@ -233,6 +234,11 @@ def test_a_for_loop_state_resumes_on_the_fused_kernels():
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
+def restore_training(cfg: TrainConfig, ckpt: dict, optim, model: nn.Module) -> int:
+    """The epoch a resume from ``ckpt`` starts at, restored through the one path training takes."""
+    return restore(TrainingState.from_dict(ckpt), cfg, model=model, ema=ModelEMA(model), optim=optim, nc=2).start_epoch
+
+
 def upstream_epoch_lrs(epochs: int, lf) -> list[float]:
     """Each epoch's LR per group (flat) after warm-up by upstream's rule: a LambdaLR built, then reset to
     ``last_epoch = start_epoch - 1`` ("do not move"), and stepped at each epoch's end."""
@@ -274,7 +280,7 @@ def test_resumed_schedule_continues_where_it_stopped(tmp_path):
         full.scheduler.step()
     ckpt = {"optimizer": full.optimizer.state_dict(), "epoch": 5}
     resumed = build_optim(model, dataclasses.replace(cfg, resume=True), Hyp(), torch.device("cpu"))
-    assert restore_training(dataclasses.replace(cfg, resume=True), ckpt, resumed)[0] == 6
+    assert restore_training(dataclasses.replace(cfg, resume=True), ckpt, resumed, model) == 6
     for _ in range(6, epochs):
         assert [g["lr"] for g in resumed.optimizer.param_groups] == pytest.approx(
             [g["lr"] for g in full.optimizer.param_groups], rel=1e-12
@@ -296,7 +302,7 @@ def test_a_mid_epoch_resume_keeps_the_lr_warm_up_left():
     assert in_force == pytest.approx([0.01 * run.lr_fn(1)] * 3)  # not the scheduler's lf(0)
     ckpt = {"optimizer": run.optimizer.state_dict(), "epoch": 0, "batches_done": 2}
     resumed = build_optim(model, dataclasses.replace(cfg, resume=True), Hyp(), torch.device("cpu"))
-    assert restore_training(dataclasses.replace(cfg, resume=True), ckpt, resumed)[0] == 1
+    assert restore_training(dataclasses.replace(cfg, resume=True), ckpt, resumed, model) == 1
     assert [g["lr"] for g in resumed.optimizer.param_groups] == in_force
     for optim in (resumed, run):
         optim.optimizer.step()

@@ -22,9 +22,10 @@ import pytest
 import torch
 
 from tests.conftest import ROOT, run_script
-from yolodist.engine.checkpoint import build_checkpoint, save_checkpoint, strip_for_release
-from yolodist.engine.upstream import load_upstream
-from yolodist.engine.weights import load_model, load_weights
+from yolodist.checkpoint.files import save_checkpoint, strip_for_release
+from yolodist.checkpoint.state import build_checkpoint
+from yolodist.checkpoint.upstream import load_upstream
+from yolodist.checkpoint.weights import load_model, load_weights
 from yolodist.errors import BadCheckpoint
 from yolodist.models import Model
 

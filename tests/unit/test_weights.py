@@ -8,8 +8,9 @@ import copy
 import pytest
 import torch
 
-from yolodist.engine.checkpoint import build_checkpoint, save_checkpoint
-from yolodist.engine.weights import load_model, load_weights, model_from_checkpoint
+from yolodist.checkpoint.files import save_checkpoint
+from yolodist.checkpoint.state import build_checkpoint
+from yolodist.checkpoint.weights import load_model, load_weights, model_from_checkpoint
 from yolodist.errors import BadCheckpoint
 from yolodist.models import Model
 

@@ -1,1 +1,1 @@
-"""The training recipe: builders, the loop, one optimisation step, loss, optimiser, EMA, checkpoints."""
+"""The training recipe: builders, the loop, one optimisation step, loss, optimiser, EMA, when to save checkpoints."""

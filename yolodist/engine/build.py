@@ -16,6 +16,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from yolodist.checkpoint.state import TrainingState
+from yolodist.checkpoint.weights import transfer_start_weights
 from yolodist.config.io import load_hyp
 from yolodist.config.schema import Hyp, TrainConfig
 from yolodist.data.dataset import YoloDataset
@@ -26,8 +28,6 @@ from yolodist.dist import collectives, parallel
 from yolodist.dist.env import DistEnv
 from yolodist.dist.scope import main_first
 from yolodist.engine import autoanchor
-from yolodist.engine.checkpoint import transfer_weights
-from yolodist.engine.ema import ModelEMA
 from yolodist.engine.loss import LossTerms, YoloLoss, reduce_loss
 from yolodist.engine.optim import (
     accumulate_steps,
@@ -38,7 +38,6 @@ from yolodist.engine.optim import (
     warmup_steps,
 )
 from yolodist.engine.precision import needs_scaler
-from yolodist.engine.weights import load_weights, resolve_weights
 from yolodist.errors import BadCheckpoint
 from yolodist.models import Model
 
@@ -64,27 +63,22 @@ class OptimParts:
     scaler: torch.amp.GradScaler
 
 
-def build_model(cfg: TrainConfig, hyp: Hyp, nc: int, names: list[str], ckpt: dict | None) -> Model:
-    """The model from --cfg or the checkpoint's own cfg, with matching checkpoint tensors transferred."""
-    model_cfg = cfg.cfg or (ckpt or {}).get("yaml")
+def build_model(cfg: TrainConfig, hyp: Hyp, nc: int, names: list[str], start: TrainingState | None) -> Model:
+    """The model from --cfg or the checkpoint's own cfg, with a --weights file's matching tensors transferred.
+
+    A resumed run's weights are put back by ``checkpoint.restore.restore``, with the rest of its state.
+    """
+    model_cfg = cfg.cfg or (start.yaml if start is not None else None)
     if not model_cfg:
         raise BadCheckpoint(f"{cfg.weights} holds no model description; give --cfg as well")
     anchors = round(hyp.anchors) if hyp.anchors else None
     model = Model(model_cfg, ch=3, nc=nc, anchors=anchors)
     model.names = list(names)
-    if ckpt is not None:
-        resuming = bool(cfg.resume)
-        exclude = ["anchor"] if (cfg.cfg or hyp.anchors) and not resuming else []
-        state = {k: v.float() if v.is_floating_point() else v for k, v in ckpt["model"].items()}
-        done, total = transfer_weights(model, state, exclude=exclude)
-        LOGGER.info(f"Transferred {done}/{total} items from {cfg.weights}")
+    if start is not None and not cfg.resume:
+        # Anchors given by a new cfg or by the hyperparameters replace the file's.
+        exclude = ["anchor"] if cfg.cfg or hyp.anchors else []
+        transfer_start_weights(model, start, cfg.weights, exclude=exclude)
     return model
-
-
-def load_start_checkpoint(cfg: TrainConfig) -> dict | None:
-    if cfg.weights:
-        return load_weights(resolve_weights(cfg.weights))
-    return None
 
 
 def freeze_layers(model: nn.Module, freeze: tuple[int, ...]) -> None:
@@ -216,13 +210,6 @@ def load_hyp_for(cfg: TrainConfig) -> Hyp:
 
 def wrap_model(model: nn.Module, env: DistEnv, cfg: TrainConfig) -> nn.Module:
     return parallel.wrap(model, env, sync_bn=cfg.sync_bn)
-
-
-def make_ema(model: nn.Module, ckpt: dict | None) -> ModelEMA:
-    ema = ModelEMA(model)
-    if ckpt is not None and ckpt.get("ema"):
-        ema.load_state_dict(ckpt["ema"], updates=int(ckpt.get("updates", 0)))
-    return ema
 
 
 def warmup_iterations(cfg: TrainConfig, hyp: Hyp, steps_per_epoch: int) -> int:

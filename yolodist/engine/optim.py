@@ -94,20 +94,6 @@ def implementation(params: list[torch.Tensor]) -> dict[str, bool]:
     return {"fused": True} if params and fusable else {}
 
 
-def keep_implementation(optimizer: Optimizer) -> None:
-    """Undo what ``load_state_dict`` does to the kernel choice: saved groups (e.g. from a checkpoint
-    written by a for-loop optimiser) replace the current groups' ``fused``/``foreach`` flags."""
-    for group in optimizer.param_groups:
-        for key in ("fused", "foreach"):
-            group[key] = optimizer.defaults.get(key)
-        if not group["fused"]:
-            continue
-        for param in group["params"]:
-            state = optimizer.state.get(param, {})
-            if torch.is_tensor(state.get("step")):  # fused kernels read the step count on the parameter's device
-                state["step"] = state["step"].to(device=param.device, dtype=torch.float32)
-
-
 def accumulate_steps(batch_size: int, nbs: int = 64) -> int:
     """Batches per optimiser step, so each step sees about the nominal batch ``nbs`` (>= 1)."""
     return max(round(nbs / batch_size), 1)

@@ -8,11 +8,12 @@ from pathlib import Path
 
 import numpy as np
 
+from yolodist.checkpoint import restore
 from yolodist.config.io import dump_yaml
 from yolodist.config.schema import Hyp, TrainConfig
 from yolodist.dist.env import DistEnv
 from yolodist.dist.scope import main_first
-from yolodist.engine import build, precision, restarts, resume
+from yolodist.engine import build, precision, restarts
 from yolodist.engine.ema import ModelEMA
 from yolodist.engine.report import MainReporter, NullReporter
 from yolodist.engine.step import StepContext
@@ -42,8 +43,9 @@ class Run:
     reporter: MainReporter | NullReporter
     stride: int
     warmup_iters: int
-    start_epoch: int
-    best_fitness: float
+    # Where training picks up (checkpoint.restore.Progress): epoch 0 with nothing done for a new run.
+    start_epoch: int = 0
+    best_fitness: float = 0.0
     start_batch: int = 0  # batches of start_epoch trained before an interruption
     # mAP@0.5:0.95 per class at the last validation, on every rank (--image-weights draws by it)
     maps: np.ndarray = field(default_factory=lambda: np.zeros(0))
@@ -65,14 +67,12 @@ def setup(cfg: TrainConfig, env: DistEnv, hyp: Hyp | None = None) -> Run:
     cfg = restarts.continue_after_restart(cfg, env)
     # A --weights URL or release name is fetched once per node, not once per rank.
     with main_first(env, local=True, name="weights"):
-        ckpt, resume_dir = resume.load_start(cfg)
-    if ckpt is not None and cfg.resume:
-        cfg = resume.restore_config(cfg, ckpt)
+        start = restore.load_start(cfg)
     if cfg.resume:
-        hyp = Hyp.from_dict(ckpt["hyp"])
+        cfg, hyp = restore.resumed_settings(cfg, start.state)
     elif hyp is None:
         hyp = build.load_hyp_for(cfg)
-    save_dir = prepare_run_dir(cfg, env, resume_dir)
+    save_dir = prepare_run_dir(cfg, env, start.run_dir)
     restarts.remember_run(cfg, env, save_dir)
     if env.is_main:
         atomic_write_text(save_dir / "hyp.yaml", dump_yaml(hyp.to_dict()))
@@ -80,7 +80,7 @@ def setup(cfg: TrainConfig, env: DistEnv, hyp: Hyp | None = None) -> Run:
         LOGGER.info(colorstr("hyperparameters: ") + ", ".join(f"{k}={v}" for k, v in hyp.to_dict().items()))
     # The data pipeline needs the model's grid size, and the model the dataset's classes.
     spec, names = build.load_spec(cfg, env)
-    model = build.build_model(cfg, hyp, len(names), names, ckpt)
+    model = build.build_model(cfg, hyp, len(names), names, start.state)
     stride = max(int(model.stride.max()), 32)
     data = build.build_data(cfg, env, hyp, stride, spec, names)
     if not cfg.noautoanchor and not cfg.resume:
@@ -91,8 +91,8 @@ def setup(cfg: TrainConfig, env: DistEnv, hyp: Hyp | None = None) -> Run:
     model.to(env.device, memory_format=precision.memory_format(cfg.channels_last))
     LOGGER.info(precision.describe(autocast, cfg.channels_last))
     optim = build.build_optim(model, cfg, hyp, env.device, autocast)
-    ema = build.make_ema(model, ckpt if cfg.resume else None)
-    start_epoch, best_fitness = resume.restore_training(cfg, ckpt, optim)
+    ema = ModelEMA(model)
+    progress = restore.restore(start.state, cfg, model=model, ema=ema, optim=optim, nc=len(names))
     net = build.wrap_model(model, env, cfg)
     loss_fn = build.LossFn(model, len(names), hyp, cfg)
     ctx = StepContext(net, model, loss_fn, optim.optimizer, optim.scaler, ema, env, cfg.batch_size, autocast=autocast)
@@ -100,9 +100,7 @@ def setup(cfg: TrainConfig, env: DistEnv, hyp: Hyp | None = None) -> Run:
     if env.is_main:
         reporter = MainReporter(save_dir, cfg.epochs, env.device, cfg.batch_size, open_tensorboard(save_dir))
     warmup_iters = build.warmup_iterations(cfg, hyp, len(data.train_loader))
-    run = Run(
-        cfg, env, hyp, save_dir, model, ema, optim, data, ctx, reporter, stride, warmup_iters, start_epoch, best_fitness
-    )
-    run.start_batch = resume.batches_done(cfg, ckpt)
-    run.maps = resume.saved_maps(cfg, ckpt, len(names))
+    run = Run(cfg, env, hyp, save_dir, model, ema, optim, data, ctx, reporter, stride, warmup_iters)
+    run.start_epoch, run.best_fitness = progress.start_epoch, progress.best_fitness
+    run.start_batch, run.maps = progress.start_batch, progress.maps
     return run

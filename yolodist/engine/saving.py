@@ -6,8 +6,9 @@ import logging
 import signal
 from typing import TYPE_CHECKING
 
+from yolodist.checkpoint.files import save_checkpoint
+from yolodist.checkpoint.state import TrainingState
 from yolodist.dist import collectives, slurm
-from yolodist.engine.checkpoint import build_checkpoint, save_checkpoint
 from yolodist.engine.watchdog import StopRequested
 from yolodist.errors import CannotSave, DistFailure, Interrupted
 from yolodist.eval.validator import ValResult
@@ -18,32 +19,30 @@ if TYPE_CHECKING:
 LOGGER = logging.getLogger(__name__)
 
 
-def make_checkpoint(run: Run, epoch: int, fitness: float, batches_done: int = 0) -> dict:
+def make_checkpoint(run: Run, epoch: int, fitness: float, batches_done: int = 0) -> TrainingState:
     """The resumable checkpoint after ``epoch`` (and ``batches_done`` batches of the next one)."""
     optim = run.optim
-    return build_checkpoint(
-        model_state=run.model.state_dict(),
-        ema_state=run.ema.ema.state_dict(),
-        ema_updates=run.ema.updates,
-        optimizer_state=optim.optimizer.state_dict(),
+    return TrainingState.new(
+        model=run.model.state_dict(),
+        ema=run.ema.ema.state_dict(),
+        updates=run.ema.updates,
+        optimizer=optim.optimizer.state_dict(),
         epoch=epoch,
         best_fitness=run.best_fitness,
         opt=run.cfg.to_dict(),
         yaml=run.model.yaml,
         names=run.data.names,
         hyp=run.hyp.to_dict(),
-        extra={
-            "scaler": optim.scaler.state_dict(),
-            "fitness": fitness,
-            "batches_done": batches_done,
-            "maps": [float(v) for v in run.maps],  # what --image-weights draws the next epoch by
-        },
+        scaler=optim.scaler.state_dict(),
+        fitness=fitness,
+        batches_done=batches_done,
+        maps=[float(v) for v in run.maps],  # what --image-weights draws the next epoch by
     )
 
 
 def save_epoch(run: Run, epoch: int, result: ValResult) -> None:
     """last.pt every epoch (the previous one kept as last.prev.pt), best.pt on a new best, epochN.pt by period."""
-    ckpt = make_checkpoint(run, epoch, result.fitness)
+    ckpt = make_checkpoint(run, epoch, result.fitness).to_dict()
     weights = run.save_dir / "weights"
     save_checkpoint(ckpt, weights / "last.pt")
     if result.fitness >= run.best_fitness:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from yolodist.engine.weights import load_model, resolve_weights
+from yolodist.checkpoint.weights import load_model, resolve_weights
 from yolodist.errors import BadFlag, UserError
 from yolodist.export.formats import SUFFIXES, parse_formats
 from yolodist.export.onnx import DEFAULT_OPSET, export_onnx, find_simplifier, require_onnx

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from yolodist.engine.weights import load_model, resolve_weights
+from yolodist.checkpoint.weights import load_model, resolve_weights
 from yolodist.errors import BadCheckpoint, BadFlag
 
 LOGGER = logging.getLogger(__name__)

@@ -1,20 +1,24 @@
 """One entry point for "give me weights from this file": our checkpoints and upstream YOLOv5 ones.
 
-``load_weights`` returns a checkpoint in our layout (see ``checkpoint``) whatever the file's origin;
+``load_weights`` returns a checkpoint in our layout (see ``state``) whatever the file's origin;
 ``load_model`` turns it into an inference-ready ``Model`` (EMA weights when present, float32, eval).
 train, val, detect and export all go through here, so a format is supported everywhere or nowhere.
+``transfer_weights`` seeds a model being trained with the tensors of a file that fit it.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import torch
+from torch import nn
 
-from yolodist.engine.checkpoint import PickledCheckpoint, load_checkpoint
-from yolodist.engine.upstream import load_upstream
+from yolodist.checkpoint.files import PickledCheckpoint, load_checkpoint
+from yolodist.checkpoint.state import TrainingState
+from yolodist.checkpoint.upstream import load_upstream
 from yolodist.errors import BadCheckpoint
 from yolodist.models import Model
 from yolodist.utils.download import download, release_url, url_basename
@@ -66,22 +70,50 @@ def load_weights(path: str | Path, map_location: str | torch.device = "cpu") -> 
     return ckpt
 
 
+def transfer_weights(model: nn.Module, state: dict, exclude: Sequence[str] = ()) -> tuple[int, int]:
+    """Copy into ``model`` the tensors of ``state`` whose name and shape match its own.
+
+    A name containing any ``exclude`` substring is skipped (upstream excludes "anchor" when the
+    cfg or hyp gives anchors). Values are cast to the model's dtype by ``load_state_dict``.
+    Returns (transferred, total in the model) for "Transferred 349/349 items from yolov5s.pt".
+    """
+    own = model.state_dict()
+    if isinstance(exclude, str):  # a lone "anchor" would otherwise be matched letter by letter
+        exclude = (exclude,)
+
+    def wanted(k: str, v: object) -> bool:
+        shape_ok = k in own and isinstance(v, torch.Tensor) and v.shape == own[k].shape
+        return shape_ok and not any(x in k for x in exclude)
+
+    matched = {k: v for k, v in state.items() if wanted(k, v)}
+    model.load_state_dict(matched, strict=False)
+    return len(matched), len(own)
+
+
+def transfer_start_weights(model: nn.Module, state: TrainingState, source: str, exclude: Sequence[str] = ()) -> None:
+    """Seed ``model`` with the matching weights of ``state`` (as float32) and say how many fit."""
+    weights = {k: v.float() if v.is_floating_point() else v for k, v in state.model.items()}
+    done, total = transfer_weights(model, weights, exclude=exclude)
+    LOGGER.info(f"Transferred {done}/{total} items from {source}")
+
+
 def _is_fused(state: dict) -> bool:
     """A state saved after ``fuse()``: Conv blocks carry a conv bias and no BatchNorm."""
     return any(k.endswith(".conv.bias") for k in state) and not any(".bn." in k for k in state)
 
 
-def model_from_checkpoint(ckpt: dict, source: str | Path = "checkpoint") -> Model:
+def model_from_checkpoint(ckpt: TrainingState | dict, source: str | Path = "checkpoint") -> Model:
     """A float32 ``Model`` in eval mode holding the checkpoint's EMA weights (else its model weights).
 
     Upstream and yolodist store Detect's anchors the same way (grid units: pixels / stride) under the
     same names, so the state dict loads as is; the strides measured here must equal the file's.
     """
-    cfg = ckpt.get("yaml")
+    ckpt = ckpt if isinstance(ckpt, TrainingState) else TrainingState.from_dict(ckpt, source)
+    cfg = ckpt.yaml
     if not isinstance(cfg, dict):
         raise BadCheckpoint(f"{source} holds no model description (no 'yaml'); it cannot be rebuilt")
-    state = ckpt.get("ema") or ckpt["model"]
-    nc = int(ckpt.get("nc") or cfg.get("nc"))
+    state = ckpt.ema or ckpt.model
+    nc = int(ckpt.nc or cfg.get("nc"))
     model = Model(cfg, ch=int(cfg.get("ch", 3)), nc=nc)
     state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
     if _is_fused(state):
@@ -96,13 +128,13 @@ def model_from_checkpoint(ckpt: dict, source: str | Path = "checkpoint") -> Mode
             f"{len(misshapen)} misshapen tensors, e.g. {(missing or unexpected or misshapen)[0]}); the file is damaged"
         )
     model.load_state_dict(state)
-    stride = ckpt.get("stride")
+    stride = ckpt.stride
     if isinstance(stride, list | tuple) and [float(s) for s in stride] != model.stride.tolist():
         raise BadCheckpoint(
             f"{source} was made with strides {list(stride)} but its model description gives "
             f"{model.stride.tolist()}; the file is damaged"
         )
-    names = ckpt.get("names") or [str(i) for i in range(nc)]
+    names = ckpt.names or [str(i) for i in range(nc)]
     model.names = list(names.values()) if isinstance(names, dict) else list(names)
     return model.float().eval()
 
