@@ -33,7 +33,7 @@ from tests.dist.test_faults import (
     torchrun_command,
     wait_listening,
 )
-from yolodist.engine.checkpoint import load_checkpoint
+from yolodist.checkpoint.files import load_checkpoint
 
 ROUNDS = 6  # round 0 in the default layer, rounds 1-5 (five) under the slow marker
 STEPS_PER_EPOCH = 4  # 16 images, total batch 4 (restart_flags)
