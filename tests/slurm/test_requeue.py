@@ -55,7 +55,7 @@ def test_warning_signal_checkpoints_requeues_and_the_requeued_job_finishes(slurm
         assert sent.returncode == 0, sent.stderr
         wait_for(lambda: slurm_cluster.job_field(job, "Restarts") == "1", 120, "the job to requeue itself", text)
         output = text()
-        assert f"requeued SLURM job {job}: it continues this run from its last.pt" in output, output[-3000:]
+        assert f"requeueing SLURM job {job}: it continues this run from its last.pt" in output, output[-3000:]
         assert "rank 1: interrupted at epoch 1 step" in output and "Traceback" not in output, output[-3000:]
         # SLURM holds a requeued job back for two minutes before it may start again; start it now.
         wait_for(lambda: slurm_cluster.job_state(job) == "PENDING", 120, "the requeued job to be pending", text)

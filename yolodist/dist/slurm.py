@@ -117,6 +117,9 @@ def requeue(job_id: str) -> str:
     scontrol = shutil.which("scontrol")
     if scontrol is None:
         return f"scontrol is not on PATH, so SLURM job {job_id} was not requeued; resubmit it to continue"
+    # SLURM ends the job's steps as soon as it takes the requeue, often before this process can print
+    # what happened: say it first.
+    LOGGER.warning(f"requeueing SLURM job {job_id}: it continues this run from its last.pt when it starts again")
     try:
         proc = subprocess.run([scontrol, "requeue", job_id], capture_output=True, text=True, timeout=60, check=False)
     except (OSError, subprocess.TimeoutExpired) as error:
@@ -124,7 +127,7 @@ def requeue(job_id: str) -> str:
     if proc.returncode:
         why = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no reason given"]
         return f"SLURM did not requeue job {job_id} ({why[0]}; submit with --requeue); resubmit it to continue"
-    return f"requeued SLURM job {job_id}: it continues this run from its last.pt when it starts again"
+    return f"SLURM job {job_id} requeued"
 
 
 @dataclass(frozen=True)
