@@ -21,12 +21,13 @@ lint: $(STAMP)
 	$(VENV)/bin/lint-imports
 	$(VENV)/bin/hadolint Dockerfile
 
-# pyproject's addopts leave out the tests marked slow; test-slow runs only them. The tests of one
-# process run two at a time (one core each, a file's tests together so its fixtures are built once);
-# then the multi-process tests (marked dist) run one at a time, each with every core.
+# pyproject's addopts leave out the tests marked slow; test-slow runs only them. The tests run two at
+# a time (pytest-xdist; a file's tests on one worker, so its fixtures are built once), except those
+# marked timing (a timeout, a signal or a launcher's failure detection is part of what they check),
+# which then run one at a time with both cores to themselves.
 test: lint
-	OMP_NUM_THREADS=1 $(PY) -m pytest -m 'not slow and not dist' -n 2 --dist loadfile --durations=15
-	OMP_NUM_THREADS=1 $(PY) -m pytest -m 'not slow and dist' --durations=15
+	OMP_NUM_THREADS=1 $(PY) -m pytest -m 'not slow and not timing' -n 2 --dist loadfile --durations=15
+	OMP_NUM_THREADS=1 $(PY) -m pytest -m 'not slow and timing' --durations=15
 
 test-slow: $(STAMP)
 	OMP_NUM_THREADS=1 $(PY) -m pytest -m slow

@@ -19,19 +19,20 @@ if TYPE_CHECKING:
 
 ROOT = Path(__file__).resolve().parents[1]
 T = TypeVar("T")
-# Folders whose every test launches real ranks, nodes or a cluster: marked ``dist`` here so that
-# ``make test`` runs them one at a time, after the rest has run in parallel (their timeouts and
-# rendezvous would otherwise share the cores with other tests).
-SERIAL_FOLDERS = ("dist", "slurm", "gpu")
+# Folders whose every test launches real ranks, nodes or a cluster (marked ``dist``). The SLURM tests
+# are also ``timing``: they share one cluster per test session, so they run in one process.
+DIST_FOLDERS = ("dist", "slurm", "gpu")
+TIMING_FOLDERS = ("slurm",)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    tests = ROOT / "tests"
     for item in items:
-        if (
-            item.path.is_relative_to(ROOT / "tests")
-            and item.path.relative_to(ROOT / "tests").parts[0] in SERIAL_FOLDERS
-        ):
+        folder = item.path.relative_to(tests).parts[0] if item.path.is_relative_to(tests) else ""
+        if folder in DIST_FOLDERS:
             item.add_marker(pytest.mark.dist)
+        if folder in TIMING_FOLDERS:
+            item.add_marker(pytest.mark.timing)
 
 
 @pytest.fixture(scope="session")

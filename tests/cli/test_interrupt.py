@@ -86,6 +86,7 @@ def test_f9_ctrl_c_saves_a_checkpoint_that_resumes_exactly(tmp_path, tiny_shapes
 
 @pytest.mark.dist
 @pytest.mark.timeout(240)
+@pytest.mark.timing
 def test_f8_sigterm_to_torchrun_stops_both_ranks_at_one_step_and_resumes_exactly(tmp_path, tiny_shapes, shm):
     logs, runs = tmp_path / "logs", tmp_path / "runs"
     slow = [WRAPPER, "--fault", "slow", "--seconds", "0.5", "--"]

@@ -139,6 +139,7 @@ TEARDOWN_PROBE = textwrap.dedent(
 
 
 @pytest.mark.timeout(120)
+@pytest.mark.timing
 def test_l1_env_contract_collectives_and_main_first(tmp_path, torchrun):
     script = tmp_path / "probe.py"
     script.write_text(L1_PROBE)
@@ -164,6 +165,7 @@ def test_l1_env_contract_collectives_and_main_first(tmp_path, torchrun):
 
 
 @pytest.mark.timeout(120)
+@pytest.mark.timing
 def test_static_rendezvous_restart_keeps_keys_per_attempt(tmp_path, torchrun):
     script = tmp_path / "restart.py"
     script.write_text(RESTART_PROBE)

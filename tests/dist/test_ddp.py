@@ -297,6 +297,7 @@ def test_image_weights_under_ddp_keep_the_trajectory(tmp_path, tiny_shapes):
 
 
 @pytest.mark.timeout(60)
+@pytest.mark.timing
 def test_launch_shortcut_reports_a_busy_port(tmp_path):
     with socket.socket() as held:
         held.bind(("", 0))

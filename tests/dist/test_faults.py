@@ -256,6 +256,7 @@ WATCHDOG_PROBE = textwrap.dedent(
 
 
 @pytest.mark.timeout(60)
+@pytest.mark.timing
 def test_watchdog_ends_a_hung_process_with_its_stacks(tmp_path):
     """A phase longer than the timeout survives while it shows progress; a hung one is ended, named.
     (A hang in the training step itself is F3, with real ranks.)"""
@@ -276,6 +277,7 @@ def test_watchdog_ends_a_hung_process_with_its_stacks(tmp_path):
 
 @pytest.mark.dist
 @pytest.mark.timeout(120)
+@pytest.mark.timing
 def test_f1_a_rank_that_raises_ends_the_job(tmp_path, tiny_shapes):
     """F1: rank 1 raises at step 3; the launcher exits non-zero promptly, the error shown once, nothing left."""
     args = [WRAPPER, "--fault", "raise", "--rank", "1", "--step", "3", "--", *train_flags(tiny_shapes, tmp_path, "f1")]
@@ -302,6 +304,7 @@ def restart_flags(data: Path, project: Path, name: str) -> list[str]:
 # One launcher of two ranks is the slow layer's: the same restart path as two launchers, which the
 # default layer keeps (and test_kill kills a rank of two static launchers outright).
 @pytest.mark.parametrize("nodes", [pytest.param(1, marks=pytest.mark.slow), 2], ids=["F5-1node", "F6-2nodes"])
+@pytest.mark.timing
 def test_f5_f6_a_restarted_launch_continues_its_run_bitwise(tmp_path, tiny_shapes, uninterrupted, nodes):
     """F5 (2 ranks on one launcher) and F6 (two launchers of one rank each on 127.0.0.1): with --max-restarts 1,
     rank 1 fails in epoch 1; the restarted round resumes the same run from its last.pt (epoch 0) and ends with
@@ -357,6 +360,7 @@ def wait_listening(port: int, timeout: float) -> None:
 
 @pytest.mark.dist
 @pytest.mark.timeout(300)
+@pytest.mark.timing
 def test_f7_elastic_scale_down_continues_on_one_node_on_the_same_trajectory(tmp_path, tiny_shapes):
     """F7: two elastic nodes (--nnodes 1:2) train with --sync-bn; node B's launcher gets SIGTERM early in epoch 1.
     Both ranks stop at one step and save; node A's launcher restarts alone, with WORLD_SIZE 1 and the same total
@@ -400,6 +404,7 @@ def test_f7_elastic_scale_down_continues_on_one_node_on_the_same_trajectory(tmp_
 
 @pytest.mark.dist
 @pytest.mark.timeout(150)
+@pytest.mark.timing
 def test_f2_a_rank_that_raises_ends_both_nodes(tmp_path, tiny_shapes):
     """F2: the same on two launchers ("nodes") of one rank each on 127.0.0.1: both exit non-zero."""
     port = free_port()
@@ -420,6 +425,7 @@ def test_f2_a_rank_that_raises_ends_both_nodes(tmp_path, tiny_shapes):
 
 @pytest.mark.dist
 @pytest.mark.timeout(150)
+@pytest.mark.timing
 def test_f3_a_hung_rank_is_ended_by_its_watchdog(tmp_path, tiny_shapes):
     """F3: rank 1 (node 1) sleeps forever at step 3; with --dist-timeout 10 both launchers exit within ~2x."""
     port = free_port()
@@ -450,6 +456,7 @@ def test_f3_a_hung_rank_is_ended_by_its_watchdog(tmp_path, tiny_shapes):
     [("hang-in-val", 1, "validating"), ("hang-in-save", 0, "saving")],
     ids=["F3-validation", "F3-save"],
 )
+@pytest.mark.timing
 def test_f3_a_rank_hung_outside_the_step_is_ended_and_named(tmp_path, tiny_shapes, fault, rank, phase):
     """F3 outside the training step, on two launchers of one rank each: rank 1 hangs fetching its validation
     batch, or rank 0 hangs inside its checkpoint write. No launcher would end the hung rank (its peer's node

@@ -131,6 +131,7 @@ def kill_mid_step(tmp_path: Path, data: Path, topology: str, round_: int) -> tup
         slow_only=["static-1node", "c10d-1node", "c10d-2nodes"],
     ),
 )
+@pytest.mark.timing
 def test_a_rank_killed_mid_step_is_restarted_and_the_run_ends_bitwise_equal(
     tmp_path, tiny_shapes, uninterrupted, topology, round_
 ):
@@ -180,6 +181,7 @@ def temp_files(weights: Path) -> list[Path]:
 @pytest.mark.dist
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize(("launch", "round_"), rounds("restart", slow_only=["restart"]))
+@pytest.mark.timing
 def test_rank0_killed_mid_save_is_restarted_from_the_last_complete_checkpoint(
     tmp_path, tiny_shapes, uninterrupted, launch, round_
 ):
@@ -202,6 +204,7 @@ def test_rank0_killed_mid_save_is_restarted_from_the_last_complete_checkpoint(
 @pytest.mark.dist
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize(("launch", "round_"), rounds("no-restart"))
+@pytest.mark.timing
 def test_rank0_killed_mid_save_ends_the_job_and_resume_continues_from_the_last_complete_checkpoint(
     tmp_path, tiny_shapes, uninterrupted, launch, round_
 ):

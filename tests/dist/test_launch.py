@@ -51,6 +51,7 @@ def test_join_timeout_reaches_the_static_rendezvous():
 
 
 @pytest.mark.timeout(150)
+@pytest.mark.timing
 def test_two_nodes_c10d_rendezvous_on_loopback(tmp_path, tiny_shapes):
     """L3: two launchers joined through a c10d rendezvous on 127.0.0.1; rank 0 (on either) reports once."""
     endpoint, run_id = f"127.0.0.1:{free_port()}", f"t{uuid.uuid4().hex[:12]}"
@@ -86,6 +87,7 @@ def test_two_nodes_c10d_rendezvous_on_loopback(tmp_path, tiny_shapes):
 
 
 @pytest.mark.timeout(60)
+@pytest.mark.timing
 def test_raw_torchrun_busy_port_is_quoted_in_the_faq(tmp_path):
     """L6: torchrun's own EADDRINUSE line, as the FAQ quotes it (with torchrun's default port 29500)."""
     with socket.socket() as held:
@@ -106,6 +108,7 @@ def test_raw_torchrun_busy_port_is_quoted_in_the_faq(tmp_path):
 
 
 @pytest.mark.timeout(60)
+@pytest.mark.timing
 def test_node_never_joins_raw_torchrun(tmp_path, tiny_shapes):
     """L7 (raw torchrun): the join is bounded by --rdzv-conf timeout, and torch names the count itself."""
     run = run_one(
@@ -138,6 +141,7 @@ def test_node_never_joins_raw_torchrun(tmp_path, tiny_shapes):
 
 
 @pytest.mark.timeout(60)
+@pytest.mark.timing
 def test_node_never_joins_launch_shortcut(tmp_path, tiny_shapes):
     """L7 (our shortcut): --dist-timeout bounds the join; one line names how many nodes joined."""
     port = free_port()
@@ -167,6 +171,7 @@ def test_node_never_joins_launch_shortcut(tmp_path, tiny_shapes):
 
 
 @pytest.mark.timeout(200)
+@pytest.mark.timing
 def test_stacked_standalone_jobs(tmp_path, tiny_shapes):
     """L8: two --standalone jobs of two ranks each, started together, train apart and write apart."""
     project = tmp_path / "runs"
@@ -180,6 +185,7 @@ def test_stacked_standalone_jobs(tmp_path, tiny_shapes):
 
 
 @pytest.mark.timeout(200)
+@pytest.mark.timing
 def test_stacked_launch_shortcut_jobs_pick_their_own_ports(tmp_path, tiny_shapes):
     """L8 (our shortcut): without --master-port, two jobs started together each take a free port."""
     project = tmp_path / "runs"
@@ -214,6 +220,7 @@ def _label_events(log_dir: Path, rank: int) -> dict[str, list[dict]]:
 
 
 @pytest.mark.timeout(150)
+@pytest.mark.timing
 def test_slow_rank0_label_cache_outlasts_dist_timeout(tmp_path):
     """F4: local rank 0 scans labels for 12 s with --dist-timeout 8; the other rank waits on a store key,
     then reads the cache rank 0 wrote instead of scanning the images itself."""
