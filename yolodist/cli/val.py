@@ -75,13 +75,11 @@ def run(cfg: ValConfig) -> None:
 
 
 def _validate(cfg: ValConfig, env) -> None:
-    from yolodist.data.dataset import YoloDataset
-    from yolodist.data.loader import build_loader
-    from yolodist.data.sampler import ShardedBatchSampler
     from yolodist.data.spec import load_data_spec
     from yolodist.dist import collectives
     from yolodist.dist.scope import main_first
     from yolodist.eval import outputs, visuals
+    from yolodist.eval.pipeline import build_val_loader, rank_batch
     from yolodist.eval.validator import ValSettings, format_table, validate
     from yolodist.infer.backend import load_backend
     from yolodist.utils.paths import increment_path
@@ -98,24 +96,9 @@ def _validate(cfg: ValConfig, env) -> None:
     split = spec.test if cfg.task == "test" else spec.val
     if not split:
         raise BadFlag(f"{spec.yaml_file} has no '{cfg.task}' split; add it to the YAML or use --task val")
-    imgsz = _check_imgsz(cfg.imgsz, backend)
-    batch = -(-cfg.batch_size // env.world_size) * env.world_size  # every rank gets the same share
-    with main_first(env, local=True, name="val-labels"):
-        dataset = YoloDataset(
-            split,
-            imgsz,
-            augment=False,
-            rect=backend.fixed_shape is None,  # a fixed-shape export takes square letterboxed inputs only
-            batch_size=batch,
-            stride=backend.stride,
-            pad=0.5,
-            single_cls=cfg.single_cls,
-            nc=spec.nc,
-            prefix=f"{cfg.task}: ",
-            workers=cfg.workers,
-        )
-    sampler = ShardedBatchSampler(len(dataset), batch, rank=env.rank, world=env.world_size, shuffle=False)
-    loader = build_loader(dataset, sampler, workers=cfg.workers)
+    cfg = cfg.replace(imgsz=_check_imgsz(cfg.imgsz, backend))
+    # A fixed-shape export takes square letterboxed inputs only.
+    loader = build_val_loader(cfg, env, split, backend.stride, spec.nc, rect=backend.fixed_shape is None)
     save_dir = None
     if env.is_main:
         save_dir = increment_path(Path(cfg.project) / cfg.name, exist_ok=cfg.exist_ok, mkdir=True)
@@ -128,7 +111,7 @@ def _validate(cfg: ValConfig, env) -> None:
         return
     nc = len(names)
     LOGGER.info(format_table(result, per_class=(cfg.verbose or nc < 50) and nc > 1))
-    shape = (batch // env.world_size, 3, imgsz, imgsz)
+    shape = (rank_batch(cfg.batch_size, env.world_size), 3, cfg.imgsz, cfg.imgsz)
     pre, inf, nms = result.speed_ms
     LOGGER.info(f"Speed: {pre:.1f}ms pre-process, {inf:.1f}ms inference, {nms:.1f}ms NMS per image at shape {shape}")
     if plots:

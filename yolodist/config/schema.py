@@ -173,6 +173,12 @@ class TrainConfig:
     def replace(self, **changes: object) -> TrainConfig:
         return dataclasses.replace(self, **changes)
 
+    def val_config(self) -> ValConfig:
+        """What each epoch's validation is told: val.py's thresholds, on batches twice the training batch."""
+        return ValConfig(
+            batch_size=self.batch_size * 2, imgsz=self.imgsz, workers=self.workers, single_cls=self.single_cls
+        )
+
 
 @dataclass(frozen=True)
 class ValConfig:
