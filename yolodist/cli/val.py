@@ -10,11 +10,18 @@ import argparse
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from yolodist.cli.exit import run_command
 from yolodist.cli.flags import ArgumentParser, add_device, add_image_size, add_local_rank, add_run_dir
 from yolodist.config.schema import ValConfig
 from yolodist.errors import BadFlag
+
+if TYPE_CHECKING:  # the command imports torch and the model code only once its flags are fine
+    from yolodist.data.spec import DataSpec
+    from yolodist.dist.env import DistEnv
+    from yolodist.eval.validator import ValResult
+    from yolodist.infer.backend import Backend
 
 LOGGER = logging.getLogger("yolodist")
 UNSUPPORTED = {
@@ -74,17 +81,26 @@ def run(cfg: ValConfig) -> None:
         _validate(cfg, joined)
 
 
-def _validate(cfg: ValConfig, env) -> None:
-    from yolodist.data.spec import load_data_spec
-    from yolodist.dist import collectives
-    from yolodist.dist.scope import main_first
-    from yolodist.eval import outputs, visuals
-    from yolodist.eval.pipeline import build_val_loader, rank_batch
-    from yolodist.eval.validator import ValSettings, format_table, validate
+def _validate(cfg: ValConfig, env: DistEnv) -> None:
+    from yolodist.eval.pipeline import build_val_loader, run_val
     from yolodist.infer.backend import load_backend
-    from yolodist.utils.paths import increment_path
 
     backend = load_backend(cfg.weights[0], env.device, half=cfg.half)
+    spec, names, split = _dataset(cfg, env, backend)
+    cfg = cfg.replace(imgsz=_check_imgsz(cfg.imgsz, backend))
+    # A fixed-shape export takes square letterboxed inputs only.
+    loader = build_val_loader(cfg, env, split, backend.stride, spec.nc, rect=backend.fixed_shape is None)
+    save_dir = _save_dir(cfg, env)
+    result = run_val(cfg, env, backend, loader, names, save_dir, report=lambda r: _report(cfg, env, r, names))
+    if env.is_main:
+        _save(cfg, result, names, save_dir, spec.path)
+
+
+def _dataset(cfg: ValConfig, env: DistEnv, backend: Backend) -> tuple[DataSpec, list[str], list[Path]]:
+    """The dataset, the class names to report and the split to validate, checked against the model."""
+    from yolodist.data.spec import load_data_spec
+    from yolodist.dist.scope import main_first
+
     with main_first(env, local=True, name="val-dataset-yaml"):
         spec = load_data_spec(cfg.data)
     names = ["item"] if cfg.single_cls else list(backend.names)
@@ -96,37 +112,46 @@ def _validate(cfg: ValConfig, env) -> None:
     split = spec.test if cfg.task == "test" else spec.val
     if not split:
         raise BadFlag(f"{spec.yaml_file} has no '{cfg.task}' split; add it to the YAML or use --task val")
-    cfg = cfg.replace(imgsz=_check_imgsz(cfg.imgsz, backend))
-    # A fixed-shape export takes square letterboxed inputs only.
-    loader = build_val_loader(cfg, env, split, backend.stride, spec.nc, rect=backend.fixed_shape is None)
+    return spec, names, split
+
+
+def _save_dir(cfg: ValConfig, env: DistEnv) -> Path:
+    """project/name made unique by rank 0; every rank gets its path (the plot hooks need it)."""
+    from yolodist.dist import collectives
+    from yolodist.utils.paths import increment_path
+
     save_dir = None
     if env.is_main:
         save_dir = increment_path(Path(cfg.project) / cfg.name, exist_ok=cfg.exist_ok, mkdir=True)
-    save_dir = Path(collectives.broadcast_object(str(save_dir) if save_dir else None, env))
-    plots = not cfg.noplots and cfg.task != "speed" and env.is_main
-    settings = ValSettings(cfg.conf_thres, cfg.iou_thres, cfg.max_det, cfg.single_cls, cfg.half)
-    on_batch = visuals.batch_plotter(save_dir, names) if plots else None
-    result = validate(backend, loader, env, names, settings, on_batch=on_batch, device=env.device)
-    if not env.is_main:
-        return
+    return Path(collectives.broadcast_object(str(save_dir) if save_dir else None, env))
+
+
+def _report(cfg: ValConfig, env: DistEnv, result: ValResult, names: list[str]) -> None:
+    from yolodist.eval.pipeline import rank_batch
+    from yolodist.eval.validator import format_table
+
     nc = len(names)
     LOGGER.info(format_table(result, per_class=(cfg.verbose or nc < 50) and nc > 1))
     shape = (rank_batch(cfg.batch_size, env.world_size), 3, cfg.imgsz, cfg.imgsz)
     pre, inf, nms = result.speed_ms
     LOGGER.info(f"Speed: {pre:.1f}ms pre-process, {inf:.1f}ms inference, {nms:.1f}ms NMS per image at shape {shape}")
-    if plots:
-        visuals.plot_validation(result, names, save_dir)
+
+
+def _save(cfg: ValConfig, result: ValResult, names: list[str], save_dir: Path, data_root: Path) -> None:
+    """The --save-txt labels and the --save-json predictions (scored when COCO annotations are there)."""
+    from yolodist.eval import outputs
+
     if cfg.save_txt:
         n = outputs.write_txt(result.records, save_dir / "labels", cfg.save_conf)
         LOGGER.info(f"{n} labels saved to {save_dir / 'labels'}")
     if cfg.save_json:
-        scored = outputs.write_and_score_json(result.records, names, save_dir, Path(cfg.weights[0]).stem, spec.path)
+        scored = outputs.write_and_score_json(result.records, names, save_dir, Path(cfg.weights[0]).stem, data_root)
         if scored is not None:
             LOGGER.info(f"COCO evaluator: mAP@0.5:0.95 {scored[0]:.4f}, mAP@0.5 {scored[1]:.4f}")
     LOGGER.info(f"Results saved to {save_dir}")
 
 
-def _check_imgsz(imgsz: int, backend) -> int:
+def _check_imgsz(imgsz: int, backend: Backend) -> int:
     if backend.fixed_shape is not None:
         h, w = backend.fixed_shape
         if h != w or imgsz != h:
