@@ -5,8 +5,9 @@ import os
 import pytest
 import torch
 
-from yolodist.dist.devices import device_for_rank, parse_device
+from yolodist.dist.devices import device_for_rank
 from yolodist.errors import BadFlag
+from yolodist.utils.devices import parse_device
 
 
 @pytest.mark.parametrize(

@@ -104,10 +104,8 @@ def main(argv: list[str] | None = None) -> int:
         source = Source(check_args(args), args.vid_stride)
         LOGGER.info(colorstr("detect: ") + ", ".join(f"{k}={v}" for k, v in vars(args).items()))
 
-        import torch
-
-        from yolodist.dist.devices import parse_device
         from yolodist.infer.predict import DetectOptions, run_detect
+        from yolodist.utils.devices import select_device
 
         options = DetectOptions(
             weights=Path(args.weights[0]),
@@ -133,9 +131,7 @@ def main(argv: list[str] | None = None) -> int:
             half=args.half,
             data_names=names_from_data(args.data),
         )
-        mps = torch.backends.mps.is_available()
-        device = parse_device(args.device, torch.cuda.device_count(), mps)[0]  # detect runs on one device
-        run_detect(source, options, device)
+        run_detect(source, options, select_device(args.device))  # detect runs on one device
         return 0
 
     return run_command("detect", body)

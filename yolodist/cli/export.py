@@ -57,15 +57,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _device(text: str):
-    import torch
-
-    from yolodist.dist.devices import parse_device
-
-    mps = bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
-    return parse_device(text, torch.cuda.device_count(), mps)[0]  # one model, so the first listed device
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
@@ -78,12 +69,13 @@ def main(argv: list[str] | None = None) -> int:
 
         formats = parse_formats(args.include)  # before torch is even imported
         from yolodist.export.run import ExportOptions, export
+        from yolodist.utils.devices import select_device
         from yolodist.utils.log import setup_logging
 
         setup_logging(0)
         if args.inplace:
             logging.getLogger(__name__).info("--inplace has no effect here: the Detect head never decodes in place")
-        device = _device(args.device)
+        device = select_device(args.device)  # one model at a time, so one device
         failed_any = False
         for weights in args.weights:
             options = ExportOptions(

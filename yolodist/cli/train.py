@@ -23,6 +23,18 @@ def build_parser() -> argparse.ArgumentParser:
         prog="train.py",
         description="Train a YOLOv5 detector. With no --data, trains the built-in 'shapes' demo on this machine.",
     )
+    # In upstream's order, which --help shows.
+    _add_inputs(p)
+    _add_run_switches(p)
+    _add_recipe(p)
+    _add_own_flags(p)
+    add_launch_flags(p)
+    add_refused(p, REFUSED)
+    return p
+
+
+def _add_inputs(p: argparse.ArgumentParser) -> None:
+    """What is trained, on what, how long and in what batches."""
     p.add_argument("--weights", default=None, help="initial weights path ('' = from scratch)")
     p.add_argument("--cfg", default=None, help="model.yaml path or shipped name (yolov5n/s/m/l/x.yaml)")
     p.add_argument("--data", default=None, help="dataset.yaml path (default: built-in shapes demo)")
@@ -37,6 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="total batch size for all GPUs",
     )
     add_image_size(p, None)
+
+
+def _add_run_switches(p: argparse.ArgumentParser) -> None:
+    """Which steps of a run happen: resuming, saving, validating, AutoAnchor, plots, evolution, caching."""
     p.add_argument("--rect", action="store_true", help="rectangular training")
     p.add_argument(
         "--resume",
@@ -65,6 +81,10 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="draw training images weighted by their classes' rarity and last mAP (with replacement)",
     )
+
+
+def _add_recipe(p: argparse.ArgumentParser) -> None:
+    """Devices, the rest of upstream's training recipe, and where the run is saved."""
     add_device(p)
     p.add_argument("--multi-scale", action="store_true", help="vary img-size +/- 50%%")
     p.add_argument("--single-cls", action="store_true", help="train multi-class data as single-class")
@@ -80,6 +100,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="global training seed")
     p.add_argument("--deterministic", action="store_true", help="use deterministic algorithms (bit-identical CPU runs)")
     add_local_rank(p)
+
+
+def _add_own_flags(p: argparse.ArgumentParser) -> None:
+    """Flags upstream does not have: the nominal batch, the collective timeout, precision and memory layout."""
     p.add_argument(
         "--nbs",
         type=int,
@@ -99,9 +123,6 @@ def build_parser() -> argparse.ArgumentParser:
         default=True,
         help="train with channels-last tensors (faster convolutions on oneDNN and cuDNN)",
     )
-    add_launch_flags(p)
-    add_refused(p, REFUSED)
-    return p
 
 
 _NO_WANDB = (

@@ -10,13 +10,20 @@ import argparse
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from yolodist.cli.exit import run_command
 from yolodist.cli.flags import ArgumentParser, add_device, add_image_size, add_local_rank, add_run_dir
+from yolodist.config.schema import ValConfig
 from yolodist.errors import BadFlag
 
+if TYPE_CHECKING:  # the command imports torch and the model code only once its flags are fine
+    from yolodist.data.spec import DataSpec
+    from yolodist.dist.env import DistEnv
+    from yolodist.eval.validator import ValResult
+    from yolodist.infer.backend import Backend
+
 LOGGER = logging.getLogger("yolodist")
-TASKS = ("val", "test", "speed")
 UNSUPPORTED = {
     "augment": "test-time augmentation (--augment)",
     "save_hybrid": "--save-hybrid (it writes labels mixed with predictions, which inflates mAP)",
@@ -52,105 +59,99 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def check_args(args: argparse.Namespace) -> None:
+def config_from_args(args: argparse.Namespace) -> ValConfig:
+    """The flags as a ValConfig, the settings the task runs with; refused flags stop here."""
     for flag, what in UNSUPPORTED.items():
         if getattr(args, flag):
             raise BadFlag(f"{what} is not supported by this val.py; drop the flag")
-    if args.task not in TASKS:
-        hint = " (the speed/accuracy study is not supported)" if args.task == "study" else ""
-        raise BadFlag(f"--task {args.task!r} is not one of {', '.join(TASKS)}{hint}")
-    if len(args.weights) != 1:
-        raise BadFlag("give one --weights file (model ensembles are not supported)")
-    if args.batch_size < 1 or args.imgsz < 1:
-        raise BadFlag("--batch-size and --img must be positive")
-    if not 0 <= args.conf_thres <= 1 or not 0 <= args.iou_thres <= 1:
-        raise BadFlag("--conf-thres and --iou-thres must be between 0 and 1")
-    if args.task == "speed":  # as upstream: timing at deployment thresholds, nothing saved
-        args.conf_thres, args.iou_thres, args.save_json, args.save_txt = 0.25, 0.45, False, False
+    values = {k: v for k, v in vars(args).items() if k not in UNSUPPORTED}
+    values["weights"] = tuple(values["weights"])
+    return ValConfig(**values).for_task()
 
 
-def run(args: argparse.Namespace) -> None:
+def run(cfg: ValConfig) -> None:
     """Validate on every rank of the launch; rank 0 reports and writes."""
     from yolodist.dist import env as dist_env
     from yolodist.dist.session import session
     from yolodist.utils.log import setup_logging
 
-    env = dist_env.detect(args.device, args.local_rank)
+    env = dist_env.detect(cfg.device, cfg.local_rank)
     setup_logging(env.rank)
-    with session(env, args.dist_timeout) as joined:
-        _validate(args, joined)
+    with session(env, cfg.dist_timeout) as joined:
+        _validate(cfg, joined)
 
 
-def _validate(args: argparse.Namespace, env) -> None:
-    from yolodist.data.dataset import YoloDataset
-    from yolodist.data.loader import build_loader
-    from yolodist.data.sampler import ShardedBatchSampler
-    from yolodist.data.spec import load_data_spec
-    from yolodist.dist import collectives
-    from yolodist.dist.scope import main_first
-    from yolodist.eval import outputs, visuals
-    from yolodist.eval.validator import ValSettings, format_table, validate
+def _validate(cfg: ValConfig, env: DistEnv) -> None:
+    from yolodist.eval.pipeline import build_val_loader, run_val
     from yolodist.infer.backend import load_backend
-    from yolodist.utils.paths import increment_path
 
-    backend = load_backend(args.weights[0], env.device, half=args.half)
+    backend = load_backend(cfg.weights[0], env.device, half=cfg.half)
+    spec, names, split = _dataset(cfg, env, backend)
+    cfg = cfg.replace(imgsz=_check_imgsz(cfg.imgsz, backend))
+    # A fixed-shape export takes square letterboxed inputs only.
+    loader = build_val_loader(cfg, env, split, backend.stride, spec.nc, rect=backend.fixed_shape is None)
+    save_dir = _save_dir(cfg, env)
+    result = run_val(cfg, env, backend, loader, names, save_dir, report=lambda r: _report(cfg, env, r, names))
+    if env.is_main:
+        _save(cfg, result, names, save_dir, spec.path)
+
+
+def _dataset(cfg: ValConfig, env: DistEnv, backend: Backend) -> tuple[DataSpec, list[str], list[Path]]:
+    """The dataset, the class names to report and the split to validate, checked against the model."""
+    from yolodist.data.spec import load_data_spec
+    from yolodist.dist.scope import main_first
+
     with main_first(env, local=True, name="val-dataset-yaml"):
-        spec = load_data_spec(args.data)
-    names = ["item"] if args.single_cls else list(backend.names)
-    if not args.single_cls and len(backend.names) != spec.nc:
+        spec = load_data_spec(cfg.data)
+    names = ["item"] if cfg.single_cls else list(backend.names)
+    if not cfg.single_cls and len(backend.names) != spec.nc:
         raise BadFlag(
-            f"{args.weights[0]} was trained on {len(backend.names)} classes but {spec.yaml_file} has {spec.nc}; "
+            f"{cfg.weights[0]} was trained on {len(backend.names)} classes but {spec.yaml_file} has {spec.nc}; "
             "pass the dataset the model was trained on (or --single-cls)"
         )
-    split = spec.test if args.task == "test" else spec.val
+    split = spec.test if cfg.task == "test" else spec.val
     if not split:
-        raise BadFlag(f"{spec.yaml_file} has no '{args.task}' split; add it to the YAML or use --task val")
-    imgsz = _check_imgsz(args.imgsz, backend)
-    batch = -(-args.batch_size // env.world_size) * env.world_size  # every rank gets the same share
-    with main_first(env, local=True, name="val-labels"):
-        dataset = YoloDataset(
-            split,
-            imgsz,
-            augment=False,
-            rect=backend.fixed_shape is None,  # a fixed-shape export takes square letterboxed inputs only
-            batch_size=batch,
-            stride=backend.stride,
-            pad=0.5,
-            single_cls=args.single_cls,
-            nc=spec.nc,
-            prefix=f"{args.task}: ",
-            workers=args.workers,
-        )
-    sampler = ShardedBatchSampler(len(dataset), batch, rank=env.rank, world=env.world_size, shuffle=False)
-    loader = build_loader(dataset, sampler, workers=args.workers)
+        raise BadFlag(f"{spec.yaml_file} has no '{cfg.task}' split; add it to the YAML or use --task val")
+    return spec, names, split
+
+
+def _save_dir(cfg: ValConfig, env: DistEnv) -> Path:
+    """project/name made unique by rank 0; every rank gets its path (the plot hooks need it)."""
+    from yolodist.dist import collectives
+    from yolodist.utils.paths import increment_path
+
     save_dir = None
     if env.is_main:
-        save_dir = increment_path(Path(args.project) / args.name, exist_ok=args.exist_ok, mkdir=True)
-    save_dir = Path(collectives.broadcast_object(str(save_dir) if save_dir else None, env))
-    plots = not args.noplots and args.task != "speed" and env.is_main
-    settings = ValSettings(args.conf_thres, args.iou_thres, args.max_det, args.single_cls, args.half)
-    on_batch = visuals.batch_plotter(save_dir, names) if plots else None
-    result = validate(backend, loader, env, names, settings, on_batch=on_batch, device=env.device)
-    if not env.is_main:
-        return
+        save_dir = increment_path(Path(cfg.project) / cfg.name, exist_ok=cfg.exist_ok, mkdir=True)
+    return Path(collectives.broadcast_object(str(save_dir) if save_dir else None, env))
+
+
+def _report(cfg: ValConfig, env: DistEnv, result: ValResult, names: list[str]) -> None:
+    from yolodist.eval.pipeline import rank_batch
+    from yolodist.eval.validator import format_table
+
     nc = len(names)
-    LOGGER.info(format_table(result, per_class=(args.verbose or nc < 50) and nc > 1))
-    shape = (batch // env.world_size, 3, imgsz, imgsz)
+    LOGGER.info(format_table(result, per_class=(cfg.verbose or nc < 50) and nc > 1))
+    shape = (rank_batch(cfg.batch_size, env.world_size), 3, cfg.imgsz, cfg.imgsz)
     pre, inf, nms = result.speed_ms
     LOGGER.info(f"Speed: {pre:.1f}ms pre-process, {inf:.1f}ms inference, {nms:.1f}ms NMS per image at shape {shape}")
-    if plots:
-        visuals.plot_validation(result, names, save_dir)
-    if args.save_txt:
-        n = outputs.write_txt(result.records, save_dir / "labels", args.save_conf)
+
+
+def _save(cfg: ValConfig, result: ValResult, names: list[str], save_dir: Path, data_root: Path) -> None:
+    """The --save-txt labels and the --save-json predictions (scored when COCO annotations are there)."""
+    from yolodist.eval import outputs
+
+    if cfg.save_txt:
+        n = outputs.write_txt(result.records, save_dir / "labels", cfg.save_conf)
         LOGGER.info(f"{n} labels saved to {save_dir / 'labels'}")
-    if args.save_json:
-        scored = outputs.write_and_score_json(result.records, names, save_dir, Path(args.weights[0]).stem, spec.path)
+    if cfg.save_json:
+        scored = outputs.write_and_score_json(result.records, names, save_dir, Path(cfg.weights[0]).stem, data_root)
         if scored is not None:
             LOGGER.info(f"COCO evaluator: mAP@0.5:0.95 {scored[0]:.4f}, mAP@0.5 {scored[1]:.4f}")
     LOGGER.info(f"Results saved to {save_dir}")
 
 
-def _check_imgsz(imgsz: int, backend) -> int:
+def _check_imgsz(imgsz: int, backend: Backend) -> int:
     if backend.fixed_shape is not None:
         h, w = backend.fixed_shape
         if h != w or imgsz != h:
@@ -167,8 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
     def body() -> int:
-        check_args(args)
-        run(args)
+        run(config_from_args(args))
         return 0
 
     return run_command("val", body)

@@ -1,4 +1,4 @@
-"""Frozen dataclasses for every setting a run uses, validated when they are made."""
+"""Frozen dataclasses for every setting a run uses (training and validation), validated when they are made."""
 
 from __future__ import annotations
 
@@ -77,6 +77,7 @@ class Hyp:
 
 
 OPTIMIZERS = ("SGD", "Adam", "AdamW")
+VAL_TASKS = ("val", "test", "speed")
 CACHE_MODES = ("ram", "disk")
 AMP_MODES = ("auto", "off", "fp16", "bf16")
 
@@ -170,4 +171,68 @@ class TrainConfig:
         return out
 
     def replace(self, **changes: object) -> TrainConfig:
+        return dataclasses.replace(self, **changes)
+
+    def val_config(self) -> ValConfig:
+        """What each epoch's validation is told: val.py's thresholds, on batches twice the training batch."""
+        return ValConfig(
+            batch_size=self.batch_size * 2, imgsz=self.imgsz, workers=self.workers, single_cls=self.single_cls
+        )
+
+
+@dataclass(frozen=True)
+class ValConfig:
+    """Everything a validation is told; field names follow upstream's val.py flags.
+
+    ``weights`` is a tuple as the flag takes several files (upstream's ensembles), so that asking for
+    an ensemble is refused here with the other flag errors, in the order val.py has always checked them.
+    """
+
+    data: str | None = None
+    weights: tuple[str, ...] = ("yolov5s.pt",)
+    batch_size: int = 32
+    imgsz: int = 640
+    conf_thres: float = 0.001
+    iou_thres: float = 0.6
+    max_det: int = 300
+    task: str = "val"
+    device: str = ""
+    workers: int = 8
+    single_cls: bool = False
+    verbose: bool = False
+    save_txt: bool = False
+    save_conf: bool = False
+    save_json: bool = False
+    project: str = "runs/val"
+    name: str = "exp"
+    exist_ok: bool = False
+    half: bool = False
+    noplots: bool = False
+    dist_timeout: float = 1800.0
+    local_rank: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.task not in VAL_TASKS:
+            hint = " (the speed/accuracy study is not supported)" if self.task == "study" else ""
+            raise BadFlag(f"--task {self.task!r} is not one of {', '.join(VAL_TASKS)}{hint}")
+        if len(self.weights) != 1:
+            raise BadFlag("give one --weights file (model ensembles are not supported)")
+        if self.batch_size < 1 or self.imgsz < 1:
+            raise BadFlag("--batch-size and --img must be positive")
+        if not 0 <= self.conf_thres <= 1 or not 0 <= self.iou_thres <= 1:
+            raise BadFlag("--conf-thres and --iou-thres must be between 0 and 1")
+
+    @property
+    def plots(self) -> bool:
+        """Whether this validation draws its plots (a --task speed run only times the model)."""
+        return not self.noplots and self.task != "speed"
+
+    def for_task(self) -> ValConfig:
+        """The settings the task runs with: as upstream, --task speed times the model at deployment
+        thresholds and saves no labels or JSON."""
+        if self.task != "speed":
+            return self
+        return self.replace(conf_thres=0.25, iou_thres=0.45, save_json=False, save_txt=False)
+
+    def replace(self, **changes: object) -> ValConfig:
         return dataclasses.replace(self, **changes)

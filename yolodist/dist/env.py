@@ -18,8 +18,9 @@ from dataclasses import dataclass
 import torch
 
 from yolodist.dist import slurm
-from yolodist.dist.devices import device_for_rank, parse_device
+from yolodist.dist.devices import device_for_rank
 from yolodist.errors import BadFlag, DistFailure
+from yolodist.utils.devices import local_accelerators, parse_device
 
 LOGGER = logging.getLogger(__name__)
 CPU = torch.device("cpu")
@@ -208,8 +209,7 @@ def from_environ(
 
 def detect(device: str = "", local_rank_arg: int | None = None) -> DistEnv:
     """Read this process's launch topology (torchrun, the legacy launcher, or none)."""
-    mps = bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
-    env = from_environ(os.environ, device, local_rank_arg, torch.cuda.device_count(), mps)
+    env = from_environ(os.environ, device, local_rank_arg, *local_accelerators())
     if env.mode == "dp":
         LOGGER.warning(dp_warning(len(env.devices), sys.argv))
     return env

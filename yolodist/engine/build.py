@@ -39,6 +39,7 @@ from yolodist.engine.optim import (
 )
 from yolodist.engine.precision import needs_scaler
 from yolodist.errors import BadCheckpoint
+from yolodist.eval.pipeline import build_val_loader
 from yolodist.models import Model
 
 LOGGER = logging.getLogger(__name__)
@@ -116,14 +117,7 @@ def load_spec(cfg: TrainConfig, env: DistEnv) -> tuple[DataSpec, list[str]]:
 
 
 def build_data(cfg: TrainConfig, env: DistEnv, hyp: Hyp, stride: int, spec: DataSpec, names: list[str]) -> DataParts:
-    common = {
-        "stride": stride,
-        "single_cls": cfg.single_cls,
-        "cache_images": cfg.cache,
-        "seed": cfg.seed,
-        "nc": spec.nc,
-        "workers": cfg.workers,
-    }
+    """The training loader and, when the dataset has a val split, the loader each epoch validates on."""
     with main_first(env, local=True, name="train-labels"):
         train_set = YoloDataset(
             spec.train,
@@ -132,9 +126,14 @@ def build_data(cfg: TrainConfig, env: DistEnv, hyp: Hyp, stride: int, spec: Data
             hyp=hyp,
             rect=cfg.rect,
             batch_size=cfg.batch_size,
+            stride=stride,
+            single_cls=cfg.single_cls,
+            cache_images=cfg.cache,
+            seed=cfg.seed,
+            nc=spec.nc,
             prefix="train: ",
+            workers=cfg.workers,
             image_weights=cfg.image_weights,
-            **common,
         )
     # One process per node decodes every image into the shared cache; the others map what it made.
     with main_first(env, local=True, name="train-images"):
@@ -150,25 +149,7 @@ def build_data(cfg: TrainConfig, env: DistEnv, hyp: Hyp, stride: int, spec: Data
     train_loader = build_loader(train_set, sampler, workers=cfg.workers)
     val_loader = None
     if spec.val:
-        val_batch = cfg.batch_size * 2
-        with main_first(env, local=True, name="val-labels"):
-            val_set = YoloDataset(
-                spec.val,
-                cfg.imgsz,
-                augment=False,
-                hyp=hyp,
-                rect=True,
-                batch_size=val_batch,
-                pad=0.5,
-                prefix="val: ",
-                **common,
-            )
-        with main_first(env, local=True, name="val-images"):
-            val_set.prepare_cache(build=env.is_local_main)
-        val_sampler = ShardedBatchSampler(
-            len(val_set), val_batch, rank=env.rank, world=env.world_size, seed=cfg.seed, shuffle=False
-        )
-        val_loader = build_loader(val_set, val_sampler, workers=cfg.workers)
+        val_loader = build_val_loader(cfg.val_config(), env, spec.val, stride, spec.nc, cache=cfg.cache, seed=cfg.seed)
     return DataParts(spec, names, train_set, sampler, train_loader, val_loader)
 
 

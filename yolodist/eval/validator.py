@@ -104,6 +104,16 @@ def _memory_format(model: nn.Module) -> torch.memory_format:
     return torch.contiguous_format
 
 
+@dataclass
+class _Shard:
+    """What one rank's validation gathered: its images' records, summed losses, batch count, timings."""
+
+    records: dict[str, ImageRecord]
+    loss_sum: torch.Tensor
+    batches: int = 0
+    times: np.ndarray = field(default_factory=lambda: np.zeros(3))  # pre-process, inference, NMS seconds
+
+
 @torch.no_grad()
 def validate(
     model: Callable[[torch.Tensor], object],
@@ -128,13 +138,25 @@ def validate(
     if is_module:
         model.eval()
         device = next(model.parameters()).device
-    device = device or torch.device("cpu")
+    shard = _validate_shard(model, loader, device or torch.device("cpu"), settings, loss_fn, on_batch)
+    if is_module:
+        model.train(was_training)
+    return _merge(shard, env, names)
+
+
+def _validate_shard(
+    model: Callable[[torch.Tensor], object],
+    loader: Iterable,
+    device: torch.device,
+    settings: ValSettings,
+    loss_fn: Callable[[list[torch.Tensor], torch.Tensor], torch.Tensor] | None,
+    on_batch: Callable[[int, torch.Tensor, torch.Tensor, list[str], list[torch.Tensor]], None] | None,
+) -> _Shard:
+    """Run the model over this rank's batches and record each image; nothing is gathered yet."""
+    is_module = isinstance(model, nn.Module)
     dtype = torch.float16 if settings.half and device.type == "cuda" and is_module else torch.float32
     layout = _memory_format(model) if is_module else torch.contiguous_format
-    records: dict[str, ImageRecord] = {}
-    loss_sum = torch.zeros(3, device=device)
-    batches = 0
-    times = np.zeros(3)
+    shard = _Shard(records={}, loss_sum=torch.zeros(3, device=device))
     for batch_index, (imgs, targets, paths, shapes) in enumerate(loader):
         t0 = time.perf_counter()
         imgs = (imgs.to(device, non_blocking=True).to(dtype) / 255).contiguous(memory_format=layout)
@@ -143,8 +165,8 @@ def validate(
         decoded, raw = _forward(model, imgs, loss_fn is not None)
         t2 = time.perf_counter()
         if loss_fn is not None and raw is not None:
-            loss_sum += loss_fn([r.float() for r in raw], targets)
-        batches += 1
+            shard.loss_sum += loss_fn([r.float() for r in raw], targets)
+        shard.batches += 1
         preds = non_max_suppression(
             decoded.float(),
             settings.conf_thres,
@@ -154,19 +176,21 @@ def validate(
             max_det=settings.max_det,
         )
         t3 = time.perf_counter()
-        times += (t1 - t0, t2 - t1, t3 - t2)
+        shard.times += (t1 - t0, t2 - t1, t3 - t2)
         targets = targets.cpu()
         for i, pred in enumerate(preds):
             if settings.single_cls:
                 pred[:, 5] = 0
             labels = targets[targets[:, 0] == i, 1:]
-            records[paths[i]] = _image_record(pred.cpu(), labels, imgs.shape[2:], shapes[i])
+            shard.records[paths[i]] = _image_record(pred.cpu(), labels, imgs.shape[2:], shapes[i])
         if on_batch is not None:
             on_batch(batch_index, imgs, targets, list(paths), preds)
-    if is_module:
-        model.train(was_training)
+    return shard
 
-    gathered = collectives.all_gather_object((records, loss_sum.cpu(), batches, times), env)
+
+def _merge(shard: _Shard, env: DistEnv, names: list[str]) -> ValResult:
+    """Gather every rank's shard to rank 0 and compute the metrics there; other ranks get an empty result."""
+    gathered = collectives.all_gather_object((shard.records, shard.loss_sum.cpu(), shard.batches, shard.times), env)
     if not env.is_main:
         return ValResult()
     merged: dict[str, ImageRecord] = {}
