@@ -105,7 +105,7 @@ def step_gradients(
     scaler = torch.amp.GradScaler(device.type, enabled=precision.needs_scaler(autocast))
     env = DistEnv(device=device, devices=(device,))
     ctx = StepContext(net, net, loss, optimizer, scaler, None, env, imgs.shape[0], autocast=autocast)
-    items = train_step(ctx, imgs, targets.to(device), update=False)
+    items = train_step(ctx, imgs, targets.to(device), update=False).items
     scaler.unscale_(optimizer)
     grads = [torch.zeros(p.shape) if p.grad is None else p.grad for p in net.parameters()]
     return StepGradients(items.detach().double().cpu(), [g.detach().double().cpu() for g in grads])

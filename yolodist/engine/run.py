@@ -18,6 +18,7 @@ from yolodist.engine.ema import ModelEMA
 from yolodist.engine.report import MainReporter, NullReporter
 from yolodist.engine.step import StepContext
 from yolodist.engine.tensorboard_log import open_tensorboard
+from yolodist.engine.watchdog import StopSignals
 from yolodist.models import Model
 from yolodist.utils.io import atomic_write_text, cleanup_stale_tmp
 from yolodist.utils.log import colorstr
@@ -43,12 +44,14 @@ class Run:
     reporter: MainReporter | NullReporter
     stride: int
     warmup_iters: int
+    signals: StopSignals  # the step's stop source; its handlers are installed while the epochs run
     # Where training picks up (checkpoint.restore.Progress): epoch 0 with nothing done for a new run.
     start_epoch: int = 0
     best_fitness: float = 0.0
     start_batch: int = 0  # batches of start_epoch trained before an interruption
     # mAP@0.5:0.95 per class at the last validation, on every rank (--image-weights draws by it)
     maps: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    skipped_in_a_row: int = 0  # updates every rank skipped (non-finite values) since the last one made
 
 
 def prepare_run_dir(cfg: TrainConfig, env: DistEnv, resume_dir: Path | None) -> Path:
@@ -95,12 +98,15 @@ def setup(cfg: TrainConfig, env: DistEnv, hyp: Hyp | None = None) -> Run:
     progress = restore.restore(start.state, cfg, model=model, ema=ema, optim=optim, nc=len(names))
     net = build.wrap_model(model, env, cfg)
     loss_fn = build.LossFn(model, len(names), hyp, cfg)
-    ctx = StepContext(net, model, loss_fn, optim.optimizer, optim.scaler, ema, env, cfg.batch_size, autocast=autocast)
+    signals = StopSignals(announce=env.is_main)
+    ctx = StepContext(
+        net, model, loss_fn, optim.optimizer, optim.scaler, ema, env, cfg.batch_size, autocast=autocast, stop=signals
+    )
     reporter: MainReporter | NullReporter = NullReporter()
     if env.is_main:
         reporter = MainReporter(save_dir, cfg.epochs, env.device, cfg.batch_size, open_tensorboard(save_dir))
     warmup_iters = build.warmup_iterations(cfg, hyp, len(data.train_loader))
-    run = Run(cfg, env, hyp, save_dir, model, ema, optim, data, ctx, reporter, stride, warmup_iters)
+    run = Run(cfg, env, hyp, save_dir, model, ema, optim, data, ctx, reporter, stride, warmup_iters, signals)
     run.start_epoch, run.best_fitness = progress.start_epoch, progress.best_fitness
     run.start_batch, run.maps = progress.start_batch, progress.maps
     return run

@@ -75,7 +75,7 @@ def save_interrupted(run: Run, epoch: int, batches_done: int) -> None:
 
 def skipping(run: Run, epoch: int) -> bool:
     """Whether the epoch ended inside a run of skipped (non-finite) updates: then last.pt is left as it was."""
-    skipped = run.ctx.skipped_in_a_row
+    skipped = run.skipped_in_a_row
     if skipped:
         LOGGER.warning(f"epoch {epoch}: not saving, the last {skipped} update(s) were skipped (non-finite values)")
     return skipped > 0

@@ -19,7 +19,7 @@ from yolodist.engine.inputs import network_input
 from yolodist.engine.optim import warmup
 from yolodist.engine.run import Run, setup
 from yolodist.engine.saving import interrupted, skipping, try_save_epoch
-from yolodist.engine.step import MAX_SKIPPED_UPDATES, train_step
+from yolodist.engine.step import StepOutcome, train_step
 from yolodist.engine.watchdog import Guard, StopRequested
 from yolodist.errors import CannotSave, DistFailure, NonFiniteLoss
 from yolodist.eval import plots, visuals
@@ -29,6 +29,7 @@ from yolodist.utils.log import colorstr
 LOGGER = logging.getLogger(__name__)
 LOG_EVERY = 10  # steps between loss synchronisations (the only host-device syncs of an epoch)
 PLOTTED_TRAIN_BATCHES = 3  # train_batch0..2.jpg, as upstream
+MAX_SKIPPED_UPDATES = 10  # consecutive non-finite updates before training stops
 
 
 @dataclass
@@ -76,8 +77,7 @@ def fit(cfg: TrainConfig, env: DistEnv, hyp: Hyp | None = None) -> FitResult:
         plots.safe_plot(plots.plot_labels, labels, run.data.names, run.save_dir / "labels.jpg")
     t0 = time.time()
     try:
-        with Guard(env, cfg.dist_timeout) as guard:
-            run.ctx.pending_signal = guard.pending_signal
+        with Guard(env, cfg.dist_timeout, run.signals) as guard:
             epoch, result = guarded_epochs(run, guard)
     finally:
         run.reporter.close()
@@ -146,7 +146,7 @@ def run_epochs(run: Run, guard: Guard) -> tuple[int, ValResult]:
             if stop or final_epoch:
                 break
             # A signal that arrived during validation or saving stops here rather than an epoch later.
-            signum = collectives.all_reduce(torch.tensor([float(guard.pending_signal())]), env, op="max").item()
+            signum = collectives.all_reduce(torch.tensor([float(run.signals.pending())]), env, op="max").item()
         if signum:
             raise StopRequested(epoch + 1, 0, int(signum), needs_save=cfg.nosave)
     return epoch, result
@@ -219,11 +219,12 @@ def train_one_epoch(run: Run, epoch: int, guard: Guard | None = None, start: int
         accumulate = apply_warmup(run, epoch, i + steps * epoch)
         imgs = network_input(imgs, ctx.env.device, cfg, run.stride, epoch, i)
         update = ends_window(i, last_update, accumulate, steps)
-        items = train_step(ctx, imgs, targets.to(ctx.env.device), update)
-        loss_sum += torch.nan_to_num(items, nan=0.0, posinf=0.0, neginf=0.0)  # a skipped update's NaN stays out
+        outcome = train_step(ctx, imgs, targets.to(ctx.env.device), update)
+        # A skipped update's NaN stays out of the mean.
+        loss_sum += torch.nan_to_num(outcome.items, nan=0.0, posinf=0.0, neginf=0.0)
         if update:
             last_update = i
-            after_update(run, epoch, i)
+            after_update(run, outcome, epoch, i)
         if (i + 1) % LOG_EVERY == 0 or i == steps - 1:
             mean_losses = collectives.all_reduce(loss_sum.clone(), ctx.env, op="sum").cpu() / (i + 1 - start)
             reporter.step(mean_losses, int(targets.shape[0]), imgs.shape[-1], done=i + 1, advance=i + 1 - logged)
@@ -270,11 +271,12 @@ def ends_window(step: int, last_update: int, accumulate: int, steps: int) -> boo
     return step - last_update >= accumulate or step == steps - 1
 
 
-def after_update(run: Run, epoch: int, step: int) -> None:
-    """Report a skipped (non-finite) update, give up after too many in a row, stop when the ranks agreed to."""
-    ctx, env = run.ctx, run.env
-    if ctx.skipped:
-        if ctx.skipped_in_a_row >= MAX_SKIPPED_UPDATES:
+def after_update(run: Run, outcome: StepOutcome, epoch: int, step: int) -> None:
+    """Count and report a skipped (non-finite) update, give up after too many in a row; stop if the ranks agreed to."""
+    env = run.env
+    run.skipped_in_a_row = run.skipped_in_a_row + 1 if outcome.skipped else 0
+    if outcome.skipped:
+        if run.skipped_in_a_row >= MAX_SKIPPED_UPDATES:
             if not env.is_main:
                 raise NonFiniteLoss(f"rank {env.rank}: stopping together with rank 0 (non-finite loss)")
             raise NonFiniteLoss(
@@ -284,7 +286,7 @@ def after_update(run: Run, epoch: int, step: int) -> None:
         if env.is_main:
             LOGGER.warning(
                 f"non-finite loss or gradients at epoch {epoch} step {step}: skipped this optimiser update on "
-                f"every rank ({ctx.skipped_in_a_row} in a row)"
+                f"every rank ({run.skipped_in_a_row} in a row)"
             )
-    if ctx.stop_signal:
-        raise StopRequested(epoch, step + 1, ctx.stop_signal)
+    if outcome.stop_signal:
+        raise StopRequested(epoch, step + 1, outcome.stop_signal)

@@ -197,7 +197,13 @@ class Watchdog:
 
 
 class StopSignals:
-    """SIGINT/SIGTERM/SIGUSR1 set a flag (the first time); a second Ctrl-C interrupts at once."""
+    """SIGINT/SIGTERM/SIGUSR1 set a flag (the first time); a second Ctrl-C interrupts at once.
+
+    The training step reads the flag through :meth:`pending` (it is the step's stop source); the
+    handlers are in place only between :meth:`install` and :meth:`restore`.
+    """
+
+    watched = STOP_SIGNALS
 
     def __init__(self, announce: bool) -> None:
         self.signum = 0
@@ -211,6 +217,9 @@ class StopSignals:
         self._pid = os.getpid()
         for sig in STOP_SIGNALS:
             self._previous[sig] = signal.signal(sig, self._handle)
+
+    def pending(self) -> int:
+        return self.signum
 
     def restore(self) -> None:
         for sig, handler in self._previous.items():
@@ -231,12 +240,12 @@ class StopSignals:
 
 
 class Guard:
-    """The watchdog (DDP only) and the stop signals, for the length of a ``with`` block."""
+    """The watchdog (DDP only) and the stop ``signals``' handlers, for the length of a ``with`` block."""
 
-    def __init__(self, env: DistEnv, timeout_s: float) -> None:
+    def __init__(self, env: DistEnv, timeout_s: float, signals: StopSignals) -> None:
         self.env, self.timeout_s = env, timeout_s
         self.watchdog = Watchdog(env, timeout_s, heartbeats(env)) if env.is_distributed else None
-        self.signals = StopSignals(announce=env.is_main)
+        self.signals = signals
 
     def __enter__(self) -> Guard:
         self.signals.install()
@@ -248,9 +257,6 @@ class Guard:
         if self.watchdog is not None:
             self.watchdog.stop()
         self.signals.restore()
-
-    def pending_signal(self) -> int:
-        return self.signals.signum
 
     def pet(self, epoch: int, step: int) -> None:
         if self.watchdog is not None:
