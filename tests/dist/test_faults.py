@@ -28,9 +28,10 @@ from tests.dist.conftest import MARKER, ROOT, _kill_marked, _marked_pids, free_p
 from yolodist.data.sampler import ShardedBatchSampler
 from yolodist.dist import collectives
 from yolodist.dist.env import DistEnv
+from yolodist.dist.lifecycle import StopSignals
+from yolodist.dist.watchdog import describe_laggards
 from yolodist.engine import step, trainer
 from yolodist.engine.resume import SkipBatches
-from yolodist.engine.watchdog import StopSignals, describe_laggards
 
 WRAPPER = str(Path(__file__).with_name("fault_train.py"))
 TRAIN = str(ROOT / "train.py")
@@ -241,7 +242,7 @@ WATCHDOG_PROBE = textwrap.dedent(
     """
     import time
     from yolodist.dist.env import DistEnv
-    from yolodist.engine.watchdog import Watchdog
+    from yolodist.dist.watchdog import Watchdog
 
     dog = Watchdog(DistEnv(rank=1, node_rank=1), timeout_s=1.0)
     dog.start()

@@ -12,13 +12,13 @@ from yolodist.checkpoint import restore
 from yolodist.config.io import dump_yaml
 from yolodist.config.schema import Hyp, TrainConfig
 from yolodist.dist.env import DistEnv
+from yolodist.dist.lifecycle import StopSignals
 from yolodist.dist.scope import main_first
 from yolodist.engine import build, precision, restarts
 from yolodist.engine.ema import ModelEMA
 from yolodist.engine.report import MainReporter, NullReporter
 from yolodist.engine.step import StepContext
 from yolodist.engine.tensorboard_log import open_tensorboard
-from yolodist.engine.watchdog import StopSignals
 from yolodist.models import Model
 from yolodist.utils.io import atomic_write_text, cleanup_stale_tmp
 from yolodist.utils.log import colorstr

@@ -14,13 +14,13 @@ from yolodist.config.schema import Hyp, TrainConfig
 from yolodist.data.image_weights import epoch_image_weights
 from yolodist.dist import collectives
 from yolodist.dist.env import DistEnv
+from yolodist.dist.lifecycle import Guard, StopRequested
 from yolodist.engine import restarts, resume
 from yolodist.engine.inputs import network_input
 from yolodist.engine.optim import warmup
 from yolodist.engine.run import Run, setup
 from yolodist.engine.saving import interrupted, skipping, try_save_epoch
 from yolodist.engine.step import StepOutcome, train_step
-from yolodist.engine.watchdog import Guard, StopRequested
 from yolodist.errors import CannotSave, DistFailure, NonFiniteLoss
 from yolodist.eval import plots, visuals
 from yolodist.eval.validator import ValResult, ValSettings, validate
