@@ -181,8 +181,8 @@ def our_updates(
     from yolodist.config.schema import TrainConfig
     from yolodist.dist.env import detect
     from yolodist.engine.build import warmup_iterations
+    from yolodist.engine.epoch import train_one_epoch
     from yolodist.engine.run import setup
-    from yolodist.engine.trainer import train_one_epoch
 
     work.mkdir(parents=True, exist_ok=True)
     (work / "hyp.yaml").write_text(dump_yaml(hyp))

@@ -111,9 +111,9 @@ def _install_kill_in_save(args: argparse.Namespace) -> None:
 
 
 def _install(args: argparse.Namespace) -> None:
-    from yolodist.engine import trainer
+    from yolodist.engine import epoch, trainer
 
-    original = trainer.train_step
+    original = epoch.train_step
     rank = _rank()
     calls = 0
     if os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") != "0" or os.environ.get("SLURM_RESTART_COUNT", "0") != "0":
@@ -153,7 +153,7 @@ def _install(args: argparse.Namespace) -> None:
             time.sleep(args.seconds)
         return outcome
 
-    trainer.train_step = faulty
+    epoch.train_step = faulty
     if rank == args.rank and args.fault == "hang-in-val":
         _hang_in_validation(trainer)
     if rank == args.rank and args.fault == "hang-in-save":

@@ -30,8 +30,8 @@ from yolodist.dist import collectives
 from yolodist.dist.env import DistEnv
 from yolodist.dist.lifecycle import StopSignals
 from yolodist.dist.watchdog import describe_laggards
-from yolodist.engine import step, trainer
-from yolodist.engine.resume import SkipBatches
+from yolodist.engine import epoch, step
+from yolodist.engine.epoch import SkipBatches
 
 WRAPPER = str(Path(__file__).with_name("fault_train.py"))
 TRAIN = str(ROOT / "train.py")
@@ -200,13 +200,13 @@ def test_an_update_with_nan_gradients_is_skipped_and_counted():
     for p in ctx.model.parameters():
         p.grad = torch.full_like(p, float("nan"))
     agreed = step.apply_update(ctx)
-    trainer.after_update(run, step.StepOutcome(torch.zeros(3), *agreed), 0, 0)
+    epoch.after_update(run, step.StepOutcome(torch.zeros(3), *agreed), 0, 0)
     assert agreed.skipped and run.skipped_in_a_row == 1
     assert all(torch.equal(a, b) for a, b in zip(before, ctx.model.parameters(), strict=True))
     assert all(p.grad is None for p in ctx.model.parameters())
     ctx.model(torch.ones(1, 3)).sum().backward()
     agreed = step.apply_update(ctx)
-    trainer.after_update(run, step.StepOutcome(torch.zeros(3), *agreed), 0, 1)
+    epoch.after_update(run, step.StepOutcome(torch.zeros(3), *agreed), 0, 1)
     assert not agreed.skipped and run.skipped_in_a_row == 0 and agreed.stop_signal == 0
     assert not all(torch.equal(a, b) for a, b in zip(before, ctx.model.parameters(), strict=True))
 

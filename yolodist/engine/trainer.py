@@ -1,9 +1,11 @@
-"""The training recipe: build, then for each epoch train, validate, save, report."""
+"""The training recipe: build, then for each epoch train, validate, save, report; and its entry,
+``train``, which runs it inside the launch's process group."""
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,23 +15,20 @@ import torch
 from yolodist.config.schema import Hyp, TrainConfig
 from yolodist.data.image_weights import epoch_image_weights
 from yolodist.dist import collectives
+from yolodist.dist import env as dist_env
 from yolodist.dist.env import DistEnv
 from yolodist.dist.lifecycle import Guard, StopRequested
-from yolodist.engine import restarts, resume
-from yolodist.engine.inputs import network_input
-from yolodist.engine.optim import warmup
-from yolodist.engine.run import Run, setup
+from yolodist.dist.parallel import check_sync_bn
+from yolodist.dist.session import session
+from yolodist.engine.epoch import train_one_epoch
+from yolodist.engine.run import Run, forget_run, setup
 from yolodist.engine.saving import interrupted, skipping, try_save_epoch
-from yolodist.engine.step import StepOutcome, train_step
-from yolodist.errors import CannotSave, DistFailure, NonFiniteLoss
+from yolodist.errors import CannotSave, DistFailure
 from yolodist.eval import plots, visuals
 from yolodist.eval.validator import ValResult, ValSettings, validate
-from yolodist.utils.log import colorstr
+from yolodist.utils.log import colorstr, setup_logging
 
 LOGGER = logging.getLogger(__name__)
-LOG_EVERY = 10  # steps between loss synchronisations (the only host-device syncs of an epoch)
-PLOTTED_TRAIN_BATCHES = 3  # train_batch0..2.jpg, as upstream
-MAX_SKIPPED_UPDATES = 10  # consecutive non-finite updates before training stops
 
 
 @dataclass
@@ -81,7 +80,7 @@ def fit(cfg: TrainConfig, env: DistEnv, hyp: Hyp | None = None) -> FitResult:
             epoch, result = guarded_epochs(run, guard)
     finally:
         run.reporter.close()
-    restarts.forget_run(cfg, env)
+    forget_run(cfg, env)
     if plotting and (run.save_dir / "results.csv").is_file():
         plots.safe_plot(plots.plot_results, run.save_dir / "results.csv")
     if env.is_main:
@@ -91,6 +90,17 @@ def fit(cfg: TrainConfig, env: DistEnv, hyp: Hyp | None = None) -> FitResult:
             f"Results saved to {colorstr(str(run.save_dir), 'bold')}"
         )
     return FitResult(run.save_dir, epoch - run.start_epoch + 1, run.best_fitness, result, run.hyp)
+
+
+def train(cfg: TrainConfig, body: Callable[[TrainConfig, DistEnv], object] = fit) -> int:
+    """Run ``body`` (one training, or an evolution of many) inside this launch's process group."""
+    env = dist_env.detect(cfg.device, cfg.local_rank)
+    setup_logging(env.rank)
+    cfg.check_world(env.world_size)
+    check_sync_bn(env, cfg.sync_bn)
+    with session(env, cfg.dist_timeout) as joined:
+        body(cfg, joined)
+    return 0
 
 
 def guarded_epochs(run: Run, guard: Guard) -> tuple[int, ValResult]:
@@ -195,98 +205,3 @@ def validate_epoch(run: Run, final_epoch: bool, guard: Guard | None = None) -> V
     if plotting:
         visuals.plot_validation(result, run.data.names, run.save_dir)
     return result
-
-
-def train_one_epoch(run: Run, epoch: int, guard: Guard | None = None, start: int = 0) -> list[float]:
-    """One pass over this rank's shard from batch ``start``; returns the mean (box, obj, cls) losses over all ranks."""
-    ctx, data, cfg, reporter = run.ctx, run.data, run.cfg, run.reporter
-    ctx.net.train()
-    data.train_sampler.set_epoch(epoch)
-    steps = len(data.train_loader)
-    reporter.epoch_start(epoch, steps, start)
-    started = time.perf_counter()
-    loss_sum = torch.zeros(3, device=ctx.env.device)
-    mean_losses = torch.zeros(3)
-    # A resumed epoch starts right after an update, so its accumulation windows are the original's.
-    last_update, logged = start - 1, start
-    plot_batches = PLOTTED_TRAIN_BATCHES if ctx.env.is_main and not cfg.noplots and epoch == run.start_epoch else 0
-    for i, (imgs, targets, paths, _shapes) in enumerate(resume.batches_from(data.train_loader, start), start):
-        if guard is not None:
-            guard.pet(epoch, i)
-        if i < plot_batches:
-            name = run.save_dir / f"train_batch{i}.jpg"
-            plots.safe_plot(plots.plot_images, imgs, targets, list(paths), data.names, name)
-        accumulate = apply_warmup(run, epoch, i + steps * epoch)
-        imgs = network_input(imgs, ctx.env.device, cfg, run.stride, epoch, i)
-        update = ends_window(i, last_update, accumulate, steps)
-        outcome = train_step(ctx, imgs, targets.to(ctx.env.device), update)
-        # A skipped update's NaN stays out of the mean.
-        loss_sum += torch.nan_to_num(outcome.items, nan=0.0, posinf=0.0, neginf=0.0)
-        if update:
-            last_update = i
-            after_update(run, outcome, epoch, i)
-        if (i + 1) % LOG_EVERY == 0 or i == steps - 1:
-            mean_losses = collectives.all_reduce(loss_sum.clone(), ctx.env, op="sum").cpu() / (i + 1 - start)
-            reporter.step(mean_losses, int(targets.shape[0]), imgs.shape[-1], done=i + 1, advance=i + 1 - logged)
-            logged = i + 1
-    reporter.epoch_end()
-    seconds = time.perf_counter() - started
-    images = (steps - start) * cfg.batch_size
-    # Throughput over all ranks, training only (validation excluded); bench/ reads this line.
-    LOGGER.info(f"epoch {epoch}: {images} images in {seconds:.1f} s ({images / seconds:.1f} images/s)")
-    return mean_losses.tolist()
-
-
-def apply_warmup(run: Run, epoch: int, global_step: int) -> int:
-    """Set the warm-up lr and momentum for ``global_step``; returns the accumulation length in force."""
-    optim, hyp = run.optim, run.hyp
-    if global_step > run.warmup_iters:
-        return optim.accumulate
-    warmup(
-        optim.optimizer,
-        global_step,
-        run.warmup_iters,
-        epoch,
-        optim.lr_fn,
-        hyp.warmup_bias_lr,
-        hyp.momentum,
-        hyp.warmup_momentum,
-    )
-    return warmup_accumulation(global_step, run.warmup_iters, optim.accumulate)
-
-
-def warmup_accumulation(global_step: int, warmup_iters: int, accumulate: int) -> int:
-    """Batches per update during warm-up: rising linearly (rounded) from 1 to ``accumulate``, as upstream."""
-    return max(1, int(np.interp(global_step, [0, warmup_iters], [1, accumulate]).round()))
-
-
-def ends_window(step: int, last_update: int, accumulate: int, steps: int) -> bool:
-    """Whether batch ``step`` of an epoch of ``steps`` batches ends an accumulation window (an update).
-
-    As upstream, an update comes once ``accumulate`` batches have passed since the last one. Unlike
-    upstream, windows end with the epoch: its last batch always updates, where upstream drops the
-    gradients of an unfinished window at the next epoch's start. The two agree whenever ``steps`` is
-    a multiple of ``accumulate``; ours lets an epoch-end checkpoint resume exactly.
-    """
-    return step - last_update >= accumulate or step == steps - 1
-
-
-def after_update(run: Run, outcome: StepOutcome, epoch: int, step: int) -> None:
-    """Count and report a skipped (non-finite) update, give up after too many in a row; stop if the ranks agreed to."""
-    env = run.env
-    run.skipped_in_a_row = run.skipped_in_a_row + 1 if outcome.skipped else 0
-    if outcome.skipped:
-        if run.skipped_in_a_row >= MAX_SKIPPED_UPDATES:
-            if not env.is_main:
-                raise NonFiniteLoss(f"rank {env.rank}: stopping together with rank 0 (non-finite loss)")
-            raise NonFiniteLoss(
-                f"loss is NaN/inf for {MAX_SKIPPED_UPDATES} steps in a row (last at epoch {epoch} step {step}): "
-                "lower --hyp lr0 or check your data"
-            )
-        if env.is_main:
-            LOGGER.warning(
-                f"non-finite loss or gradients at epoch {epoch} step {step}: skipped this optimiser update on "
-                f"every rank ({run.skipped_in_a_row} in a row)"
-            )
-    if outcome.stop_signal:
-        raise StopRequested(epoch, step + 1, outcome.stop_signal)
