@@ -19,7 +19,6 @@ import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -32,6 +31,7 @@ from yolodist.dist.lifecycle import StopSignals
 from yolodist.dist.watchdog import describe_laggards
 from yolodist.engine import epoch, step
 from yolodist.engine.epoch import SkipBatches
+from yolodist.engine.run import RunProgress
 
 WRAPPER = str(Path(__file__).with_name("fault_train.py"))
 TRAIN = str(ROOT / "train.py")
@@ -195,19 +195,19 @@ def _toy_context(signum: int = 0) -> step.StepContext:
 
 def test_an_update_with_nan_gradients_is_skipped_and_counted():
     ctx = _toy_context()
-    run = SimpleNamespace(env=ctx.env, skipped_in_a_row=0)  # what the trainer counts skipped updates in
+    progress = RunProgress()  # where the trainer counts skipped updates
     before = [p.detach().clone() for p in ctx.model.parameters()]
     for p in ctx.model.parameters():
         p.grad = torch.full_like(p, float("nan"))
     agreed = step.apply_update(ctx)
-    epoch.after_update(run, step.StepOutcome(torch.zeros(3), *agreed), 0, 0)
-    assert agreed.skipped and run.skipped_in_a_row == 1
+    epoch.after_update(progress, step.StepOutcome(torch.zeros(3), *agreed), ctx.env, 0, 0)
+    assert agreed.skipped and progress.skipped_in_a_row == 1
     assert all(torch.equal(a, b) for a, b in zip(before, ctx.model.parameters(), strict=True))
     assert all(p.grad is None for p in ctx.model.parameters())
     ctx.model(torch.ones(1, 3)).sum().backward()
     agreed = step.apply_update(ctx)
-    epoch.after_update(run, step.StepOutcome(torch.zeros(3), *agreed), 0, 1)
-    assert not agreed.skipped and run.skipped_in_a_row == 0 and agreed.stop_signal == 0
+    epoch.after_update(progress, step.StepOutcome(torch.zeros(3), *agreed), ctx.env, 0, 1)
+    assert not agreed.skipped and progress.skipped_in_a_row == 0 and agreed.stop_signal == 0
     assert not all(torch.equal(a, b) for a, b in zip(before, ctx.model.parameters(), strict=True))
 
 

@@ -18,11 +18,14 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Sampler
 
+from yolodist.config.schema import Hyp
 from yolodist.dist import collectives
+from yolodist.dist.env import DistEnv
 from yolodist.dist.lifecycle import Guard, StopRequested
+from yolodist.engine.build import OptimParts
 from yolodist.engine.inputs import network_input
 from yolodist.engine.optim import warmup
-from yolodist.engine.run import Run
+from yolodist.engine.run import Run, RunProgress
 from yolodist.engine.step import StepOutcome, train_step
 from yolodist.errors import NonFiniteLoss
 from yolodist.eval import plots
@@ -33,7 +36,9 @@ PLOTTED_TRAIN_BATCHES = 3  # train_batch0..2.jpg, as upstream
 MAX_SKIPPED_UPDATES = 10  # consecutive non-finite updates before training stops
 
 
-def train_one_epoch(run: Run, epoch: int, guard: Guard | None = None, start: int = 0) -> list[float]:
+def train_one_epoch(
+    run: Run, progress: RunProgress, epoch: int, guard: Guard | None = None, start: int = 0
+) -> list[float]:
     """One pass over this rank's shard from batch ``start``; returns the mean (box, obj, cls) losses over all ranks."""
     ctx, data, cfg, reporter = run.ctx, run.data, run.cfg, run.reporter
     ctx.net.train()
@@ -52,7 +57,7 @@ def train_one_epoch(run: Run, epoch: int, guard: Guard | None = None, start: int
         if i < plot_batches:
             name = run.save_dir / f"train_batch{i}.jpg"
             plots.safe_plot(plots.plot_images, imgs, targets, list(paths), data.names, name)
-        accumulate = apply_warmup(run, epoch, i + steps * epoch)
+        accumulate = apply_warmup(run.optim, run.hyp, run.warmup_iters, epoch, i + steps * epoch)
         imgs = network_input(imgs, ctx.env.device, cfg, run.stride, epoch, i)
         update = ends_window(i, last_update, accumulate, steps)
         outcome = train_step(ctx, imgs, targets.to(ctx.env.device), update)
@@ -60,7 +65,7 @@ def train_one_epoch(run: Run, epoch: int, guard: Guard | None = None, start: int
         loss_sum += torch.nan_to_num(outcome.items, nan=0.0, posinf=0.0, neginf=0.0)
         if update:
             last_update = i
-            after_update(run, outcome, epoch, i)
+            after_update(progress, outcome, run.env, epoch, i)
         if (i + 1) % LOG_EVERY == 0 or i == steps - 1:
             mean_losses = collectives.all_reduce(loss_sum.clone(), ctx.env, op="sum").cpu() / (i + 1 - start)
             reporter.step(mean_losses, int(targets.shape[0]), imgs.shape[-1], done=i + 1, advance=i + 1 - logged)
@@ -73,22 +78,21 @@ def train_one_epoch(run: Run, epoch: int, guard: Guard | None = None, start: int
     return mean_losses.tolist()
 
 
-def apply_warmup(run: Run, epoch: int, global_step: int) -> int:
+def apply_warmup(optim: OptimParts, hyp: Hyp, warmup_iters: int, epoch: int, global_step: int) -> int:
     """Set the warm-up lr and momentum for ``global_step``; returns the accumulation length in force."""
-    optim, hyp = run.optim, run.hyp
-    if global_step > run.warmup_iters:
+    if global_step > warmup_iters:
         return optim.accumulate
     warmup(
         optim.optimizer,
         global_step,
-        run.warmup_iters,
+        warmup_iters,
         epoch,
         optim.lr_fn,
         hyp.warmup_bias_lr,
         hyp.momentum,
         hyp.warmup_momentum,
     )
-    return warmup_accumulation(global_step, run.warmup_iters, optim.accumulate)
+    return warmup_accumulation(global_step, warmup_iters, optim.accumulate)
 
 
 def warmup_accumulation(global_step: int, warmup_iters: int, accumulate: int) -> int:
@@ -107,12 +111,11 @@ def ends_window(step: int, last_update: int, accumulate: int, steps: int) -> boo
     return step - last_update >= accumulate or step == steps - 1
 
 
-def after_update(run: Run, outcome: StepOutcome, epoch: int, step: int) -> None:
+def after_update(progress: RunProgress, outcome: StepOutcome, env: DistEnv, epoch: int, step: int) -> None:
     """Count and report a skipped (non-finite) update, give up after too many in a row; stop if the ranks agreed to."""
-    env = run.env
-    run.skipped_in_a_row = run.skipped_in_a_row + 1 if outcome.skipped else 0
+    in_a_row = progress.count_update(outcome.skipped)
     if outcome.skipped:
-        if run.skipped_in_a_row >= MAX_SKIPPED_UPDATES:
+        if in_a_row >= MAX_SKIPPED_UPDATES:
             if not env.is_main:
                 raise NonFiniteLoss(f"rank {env.rank}: stopping together with rank 0 (non-finite loss)")
             raise NonFiniteLoss(
@@ -122,7 +125,7 @@ def after_update(run: Run, outcome: StepOutcome, epoch: int, step: int) -> None:
         if env.is_main:
             LOGGER.warning(
                 f"non-finite loss or gradients at epoch {epoch} step {step}: skipped this optimiser update on "
-                f"every rank ({run.skipped_in_a_row} in a row)"
+                f"every rank ({in_a_row} in a row)"
             )
     if outcome.stop_signal:
         raise StopRequested(epoch, step + 1, outcome.stop_signal)

@@ -39,9 +39,9 @@ from yolodist.utils.seed import seed_everything
 LOGGER = logging.getLogger(__name__)
 
 
-@dataclass
+@dataclass(frozen=True)
 class Run:
-    """Everything one training run holds, built once by :func:`setup`."""
+    """What :func:`setup` builds once for a training run: its settings, its parts, where it starts."""
 
     cfg: TrainConfig
     env: DistEnv
@@ -53,16 +53,27 @@ class Run:
     data: build.DataParts
     ctx: StepContext
     reporter: MainReporter | NullReporter
+    signals: StopSignals  # the step's stop source; its handlers are installed while the epochs run
     stride: int
     warmup_iters: int
-    signals: StopSignals  # the step's stop source; its handlers are installed while the epochs run
     # Where training picks up (checkpoint.restore.Progress): epoch 0 with nothing done for a new run.
     start_epoch: int = 0
-    best_fitness: float = 0.0
     start_batch: int = 0  # batches of start_epoch trained before an interruption
+
+
+@dataclass
+class RunProgress:
+    """What changes as the run goes (the fitness and mAP are saved in its checkpoints)."""
+
+    best_fitness: float = 0.0
     # mAP@0.5:0.95 per class at the last validation, on every rank (--image-weights draws by it)
     maps: np.ndarray = field(default_factory=lambda: np.zeros(0))
     skipped_in_a_row: int = 0  # updates every rank skipped (non-finite values) since the last one made
+
+    def count_update(self, skipped: bool) -> int:
+        """Note an update every rank made or skipped; returns how many in a row were skipped."""
+        self.skipped_in_a_row = self.skipped_in_a_row + 1 if skipped else 0
+        return self.skipped_in_a_row
 
 
 def prepare_run_dir(cfg: TrainConfig, env: DistEnv, resume_dir: Path | None) -> Path:
@@ -75,9 +86,12 @@ def prepare_run_dir(cfg: TrainConfig, env: DistEnv, resume_dir: Path | None) -> 
     return build.broadcast_run_dir(path, env)
 
 
-def setup(cfg: TrainConfig, env: DistEnv, hyp: Hyp | None = None) -> Run:
-    """Build the run; ``hyp`` (hyperparameter evolution's values) replaces the --hyp file when given."""
-    seed_everything(cfg.seed, cfg.deterministic)
+def settle(cfg: TrainConfig, env: DistEnv, hyp: Hyp | None) -> tuple[TrainConfig, Hyp, restore.Start, Path]:
+    """The options and hyperparameters the run trains with, the checkpoint it starts from, its directory.
+
+    A restarted launch or a --resume takes the saved options; otherwise ``hyp`` (hyperparameter
+    evolution's values), when given, replaces the --hyp file.
+    """
     cfg = continue_after_restart(cfg, env)
     # A --weights URL or release name is fetched once per node, not once per rank.
     with main_first(env, local=True, name="weights"):
@@ -92,6 +106,13 @@ def setup(cfg: TrainConfig, env: DistEnv, hyp: Hyp | None = None) -> Run:
         atomic_write_text(save_dir / "hyp.yaml", dump_yaml(hyp.to_dict()))
         atomic_write_text(save_dir / "opt.yaml", dump_yaml(cfg.to_dict()))
         LOGGER.info(colorstr("hyperparameters: ") + ", ".join(f"{k}={v}" for k, v in hyp.to_dict().items()))
+    return cfg, hyp, start, save_dir
+
+
+def setup(cfg: TrainConfig, env: DistEnv, hyp: Hyp | None = None) -> tuple[Run, RunProgress]:
+    """Build the run and say where it stands; ``hyp`` replaces the --hyp file when given."""
+    seed_everything(cfg.seed, cfg.deterministic)
+    cfg, hyp, start, save_dir = settle(cfg, env, hyp)
     # The data pipeline needs the model's grid size, and the model the dataset's classes.
     spec, names = build.load_spec(cfg, env)
     model = build.build_model(cfg, hyp, len(names), names, start.state)
@@ -106,7 +127,7 @@ def setup(cfg: TrainConfig, env: DistEnv, hyp: Hyp | None = None) -> Run:
     LOGGER.info(precision.describe(autocast, cfg.channels_last))
     optim = build.build_optim(model, cfg, hyp, env.device, autocast)
     ema = ModelEMA(model)
-    progress = restore.restore(start.state, cfg, model=model, ema=ema, optim=optim, nc=len(names))
+    restored = restore.restore(start.state, cfg, model=model, ema=ema, optim=optim, nc=len(names))
     net = build.wrap_model(model, env, cfg)
     loss_fn = build.LossFn(model, len(names), hyp, cfg)
     signals = StopSignals(announce=env.is_main)
@@ -117,10 +138,9 @@ def setup(cfg: TrainConfig, env: DistEnv, hyp: Hyp | None = None) -> Run:
     if env.is_main:
         reporter = MainReporter(save_dir, cfg.epochs, env.device, cfg.batch_size, open_tensorboard(save_dir))
     warmup_iters = build.warmup_iterations(cfg, hyp, len(data.train_loader))
-    run = Run(cfg, env, hyp, save_dir, model, ema, optim, data, ctx, reporter, stride, warmup_iters, signals)
-    run.start_epoch, run.best_fitness = progress.start_epoch, progress.best_fitness
-    run.start_batch, run.maps = progress.start_batch, progress.maps
-    return run
+    parts = (model, ema, optim, data, ctx, reporter, signals, stride, warmup_iters)
+    run = Run(cfg, env, hyp, save_dir, *parts, start_epoch=restored.start_epoch, start_batch=restored.start_batch)
+    return run, RunProgress(restored.best_fitness, restored.maps)
 
 
 def note_path(cfg: TrainConfig, env: DistEnv) -> Path:

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from yolodist.config.schema import Hyp, TrainConfig
+from yolodist.data.dataset import YoloDataset
 from yolodist.data.image_weights import epoch_image_weights
 from yolodist.dist import collectives
 from yolodist.dist import env as dist_env
@@ -20,8 +21,9 @@ from yolodist.dist.env import DistEnv
 from yolodist.dist.lifecycle import Guard, StopRequested
 from yolodist.dist.parallel import check_sync_bn
 from yolodist.dist.session import session
+from yolodist.engine.build import DataParts
 from yolodist.engine.epoch import train_one_epoch
-from yolodist.engine.run import Run, forget_run, setup
+from yolodist.engine.run import Run, RunProgress, forget_run, setup
 from yolodist.engine.saving import interrupted, skipping, try_save_epoch
 from yolodist.errors import CannotSave, DistFailure
 from yolodist.eval import plots, visuals
@@ -63,7 +65,7 @@ def fit(cfg: TrainConfig, env: DistEnv, hyp: Hyp | None = None) -> FitResult:
 
     ``hyp`` replaces the --hyp file (hyperparameter evolution trains the values it bred).
     """
-    run = setup(cfg, env, hyp)
+    run, progress = setup(cfg, env, hyp)
     cfg = run.cfg
     LOGGER.info(
         f"Image sizes {cfg.imgsz} train, {cfg.imgsz} val; {env.world_size} process(es) x "
@@ -77,7 +79,7 @@ def fit(cfg: TrainConfig, env: DistEnv, hyp: Hyp | None = None) -> FitResult:
     t0 = time.time()
     try:
         with Guard(env, cfg.dist_timeout, run.signals) as guard:
-            epoch, result = guarded_epochs(run, guard)
+            epoch, result = guarded_epochs(run, progress, guard)
     finally:
         run.reporter.close()
     forget_run(cfg, env)
@@ -89,7 +91,7 @@ def fit(cfg: TrainConfig, env: DistEnv, hyp: Hyp | None = None) -> FitResult:
             f"\n{epoch - run.start_epoch + 1} epochs completed in {hours:.3f} hours.\n"
             f"Results saved to {colorstr(str(run.save_dir), 'bold')}"
         )
-    return FitResult(run.save_dir, epoch - run.start_epoch + 1, run.best_fitness, result, run.hyp)
+    return FitResult(run.save_dir, epoch - run.start_epoch + 1, progress.best_fitness, result, run.hyp)
 
 
 def train(cfg: TrainConfig, body: Callable[[TrainConfig, DistEnv], object] = fit) -> int:
@@ -103,13 +105,13 @@ def train(cfg: TrainConfig, body: Callable[[TrainConfig, DistEnv], object] = fit
     return 0
 
 
-def guarded_epochs(run: Run, guard: Guard) -> tuple[int, ValResult]:
+def guarded_epochs(run: Run, progress: RunProgress, guard: Guard) -> tuple[int, ValResult]:
     """The epochs, with an agreed stop turned into a checkpoint and a peer's failure into one line per rank."""
     try:
-        return run_epochs(run, guard)
+        return run_epochs(run, progress, guard)
     except StopRequested as stop:
         with guard.phase("saving"):
-            raise interrupted(run, stop) from None
+            raise interrupted(run, progress, stop) from None
     except Exception as error:
         kind = collectives.peer_failure(error)
         if kind is None or not run.env.is_distributed:
@@ -117,9 +119,9 @@ def guarded_epochs(run: Run, guard: Guard) -> tuple[int, ValResult]:
         raise DistFailure(guard.failure_message(kind)) from error
 
 
-def run_epochs(run: Run, guard: Guard) -> tuple[int, ValResult]:
+def run_epochs(run: Run, progress: RunProgress, guard: Guard) -> tuple[int, ValResult]:
     """Train, validate, save and report each epoch; returns the last epoch and its validation result."""
-    cfg, env = run.cfg, run.env
+    cfg = run.cfg
     stopper = EarlyStopping(cfg.patience)
     result = ValResult()
     epoch = run.start_epoch - 1
@@ -127,9 +129,9 @@ def run_epochs(run: Run, guard: Guard) -> tuple[int, ValResult]:
     for epoch in range(run.start_epoch, cfg.epochs):
         start = run.start_batch if epoch == run.start_epoch else 0
         if cfg.image_weights:
-            draw_by_image_weights(run)
-        train_losses = train_one_epoch(run, epoch, guard, start)
-        report_broken_images(run, epoch, broken)
+            draw_by_image_weights(run.data, progress.maps)
+        train_losses = train_one_epoch(run, progress, epoch, guard, start)
+        report_broken_images(run.data.train_set, run.env, epoch, broken)
         lrs = [group["lr"] for group in run.optim.optimizer.param_groups]
         run.optim.scheduler.step()
         final_epoch = epoch + 1 == cfg.epochs
@@ -137,37 +139,44 @@ def run_epochs(run: Run, guard: Guard) -> tuple[int, ValResult]:
         with guard.phase("validating"):
             validated = validate_epoch(run, final_epoch, guard)
             if validated is not None and validated.maps is not None:  # rank 0 holds the metrics
-                run.maps = validated.maps
+                progress.maps = validated.maps
             result = validated or result
-            run.best_fitness = max(run.best_fitness, result.fitness)
+            progress.best_fitness = max(progress.best_fitness, result.fitness)
             run.reporter.results_row(epoch, train_losses, result, lrs)
         with guard.phase("saving"):
-            stop, failed = False, None
-            if env.is_main:
-                stop = stopper(epoch, result.fitness)
-                if (not cfg.nosave or final_epoch or stop) and not skipping(run, epoch):
-                    failed = try_save_epoch(run, epoch, result)
-            # One broadcast carries all three: every rank stops together, also when rank 0 could not save,
-            # and every rank draws the next epoch's images by the same per-class mAP.
-            stop, failed, maps = collectives.broadcast_object((stop, failed, run.maps) if env.is_main else None, env)
-            run.maps = np.asarray(maps, dtype=np.float64)
-            if failed:
-                raise CannotSave(failed if env.is_main else f"rank {env.rank}: stopped with rank 0, which {failed}")
-            if stop or final_epoch:
+            if save_and_decide(run, progress, stopper, epoch, result):
                 break
             # A signal that arrived during validation or saving stops here rather than an epoch later.
-            signum = collectives.all_reduce(torch.tensor([float(run.signals.pending())]), env, op="max").item()
+            signum = collectives.all_reduce(torch.tensor([float(run.signals.pending())]), run.env, op="max").item()
         if signum:
             raise StopRequested(epoch + 1, 0, int(signum), needs_save=cfg.nosave)
     return epoch, result
 
 
-def report_broken_images(run: Run, epoch: int, reported: set[str]) -> None:
+def save_and_decide(run: Run, progress: RunProgress, stopper: EarlyStopping, epoch: int, result: ValResult) -> bool:
+    """Rank 0 saves the epoch and decides whether to stop early; returns, on every rank, whether training ends."""
+    cfg, env = run.cfg, run.env
+    final_epoch = epoch + 1 == cfg.epochs
+    stop, failed = False, None
+    if env.is_main:
+        stop = stopper(epoch, result.fitness)
+        if (not cfg.nosave or final_epoch or stop) and not skipping(progress.skipped_in_a_row, epoch):
+            failed = try_save_epoch(run, progress, epoch, result)
+    # One broadcast carries all three: every rank stops together, also when rank 0 could not save,
+    # and every rank draws the next epoch's images by the same per-class mAP.
+    stop, failed, maps = collectives.broadcast_object((stop, failed, progress.maps) if env.is_main else None, env)
+    progress.maps = np.asarray(maps, dtype=np.float64)
+    if failed:
+        raise CannotSave(failed if env.is_main else f"rank {env.rank}: stopped with rank 0, which {failed}")
+    return stop or final_epoch
+
+
+def report_broken_images(train_set: YoloDataset, env: DistEnv, epoch: int, reported: set[str]) -> None:
     """Rank 0 names the training images that broke after the scan on any rank (the loaders used others)."""
-    mine = run.data.train_set.broken_after_scan()
-    new = sorted({f for files in collectives.all_gather_object(mine, run.env) for f in files} - reported)
+    mine = train_set.broken_after_scan()
+    new = sorted({f for files in collectives.all_gather_object(mine, env) for f in files} - reported)
     reported.update(new)
-    if new and run.env.is_main:
+    if new and env.is_main:
         shown = ", ".join(new[:5]) + (f" and {len(new) - 5} more" if len(new) > 5 else "")
         LOGGER.warning(
             f"epoch {epoch}: {len(new)} training image(s) could not be loaded any more and were replaced by "
@@ -175,10 +184,9 @@ def report_broken_images(run: Run, epoch: int, reported: set[str]) -> None:
         )
 
 
-def draw_by_image_weights(run: Run) -> None:
+def draw_by_image_weights(data: DataParts, maps: np.ndarray) -> None:
     """--image-weights: the epoch's images (and mosaic partners) are drawn by class rarity and last mAP."""
-    data = run.data
-    weights = epoch_image_weights(data.train_set.labels, len(data.names), run.maps)
+    weights = epoch_image_weights(data.train_set.labels, len(data.names), maps)
     data.train_sampler.set_weights(weights)
     data.train_set.set_draw_weights(weights)
 
