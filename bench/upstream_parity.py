@@ -30,6 +30,7 @@ Results are printed and written to bench/results/upstream_parity.json.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import random
 import shutil
@@ -181,8 +182,8 @@ def our_updates(
     from yolodist.config.schema import TrainConfig
     from yolodist.dist.env import detect
     from yolodist.engine.build import warmup_iterations
+    from yolodist.engine.epoch import train_one_epoch
     from yolodist.engine.run import setup
-    from yolodist.engine.trainer import train_one_epoch
 
     work.mkdir(parents=True, exist_ok=True)
     (work / "hyp.yaml").write_text(dump_yaml(hyp))
@@ -191,14 +192,14 @@ def our_updates(
         epochs=epochs_total, workers=0, device="cpu", noplots=True, noautoanchor=True, hyp=str(work / "hyp.yaml"),
         min_warmup_iters=floor, project=str(work), name="lockstep", exist_ok=True,
     )  # fmt: skip
-    run = setup(cfg, detect("cpu"))
+    run, progress = setup(cfg, detect("cpu"))
     # setup() sized warm-up for the dataset's own loader; these epochs are the fixed batches.
-    run.warmup_iters = warmup_iterations(cfg, run.hyp, len(batches[0]))
+    run = dataclasses.replace(run, warmup_iters=warmup_iterations(cfg, run.hyp, len(batches[0])))
     run.model.load_state_dict(state)
     run.ema.ema.load_state_dict(state)
     for epoch, epoch_batches in enumerate(batches):
         run.data.train_loader = epoch_batches  # a list of collated batches is all the epoch loop needs
-        train_one_epoch(run, epoch)
+        train_one_epoch(run, progress, epoch)
         run.optim.scheduler.step()
     return run.model, run.ema
 

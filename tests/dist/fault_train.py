@@ -31,6 +31,7 @@ The production code has no hooks for any of this: the patches live here.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import os
 import signal
@@ -110,9 +111,9 @@ def _install_kill_in_save(args: argparse.Namespace) -> None:
 
 
 def _install(args: argparse.Namespace) -> None:
-    from yolodist.engine import trainer
+    from yolodist.engine import epoch, trainer
 
-    original = trainer.train_step
+    original = epoch.train_step
     rank = _rank()
     calls = 0
     if os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") != "0" or os.environ.get("SLURM_RESTART_COUNT", "0") != "0":
@@ -136,24 +137,23 @@ def _install(args: argparse.Namespace) -> None:
         if mine and args.fault == "empty":
             targets = targets[:0]
         nan = mine and (hit if args.fault == "nan" else args.fault == "nan-from" and step >= args.step)
-        loss_fn = ctx.loss_fn
+        # The context is frozen: this one step gets a copy with the faulty loss (sharing the window's news).
         if nan:
-            ctx.loss_fn = _NanLoss(loss_fn)
+            ctx = dataclasses.replace(ctx, loss_fn=_NanLoss(ctx.loss_fn))
         if hit and args.fault == "sigkill":
-            ctx.loss_fn = _KillAfterLoss(loss_fn, f"rank {rank} SIGKILLs itself at step {step}")
-        try:
-            items = original(ctx, imgs, targets, update)
-        finally:
-            ctx.loss_fn = loss_fn
+            ctx = dataclasses.replace(
+                ctx, loss_fn=_KillAfterLoss(ctx.loss_fn, f"rank {rank} SIGKILLs itself at step {step}")
+            )
+        outcome = original(ctx, imgs, targets, update)
         if update and args.record is not None:
             with (args.record / f"updates-rank{rank}.txt").open("a") as f:
-                f.write(f"{step} {int(ctx.skipped)}\n")
+                f.write(f"{step} {int(outcome.skipped)}\n")
         print(f"fault_train: rank {rank} finished step {step}", flush=True)
         if args.fault == "slow":
             time.sleep(args.seconds)
-        return items
+        return outcome
 
-    trainer.train_step = faulty
+    epoch.train_step = faulty
     if rank == args.rank and args.fault == "hang-in-val":
         _hang_in_validation(trainer)
     if rank == args.rank and args.fault == "hang-in-save":

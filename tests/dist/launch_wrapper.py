@@ -87,7 +87,7 @@ def _slow_labels(seconds: float, log_dir: Path) -> None:
 
 
 def _record_sizes(out_dir: Path) -> None:
-    from yolodist.engine import step, trainer
+    from yolodist.engine import epoch, step
 
     original = step.train_step
     log = out_dir / f"sizes-rank{_rank()}.txt"
@@ -98,10 +98,10 @@ def _record_sizes(out_dir: Path) -> None:
             f.write(f"{imgs.shape[-2]} {imgs.shape[-1]}\n")
         return original(ctx, imgs, *args, **kwargs)
 
-    # The trainer may call it through its own imported name or through the step module.
+    # The epoch loop may call it through its own imported name or through the step module.
     step.train_step = recording
-    if hasattr(trainer, "train_step"):
-        trainer.train_step = recording
+    if hasattr(epoch, "train_step"):
+        epoch.train_step = recording
 
 
 def _count_decodes(out_dir: Path) -> None:

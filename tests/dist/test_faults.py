@@ -27,9 +27,11 @@ from tests.dist.conftest import MARKER, ROOT, _kill_marked, _marked_pids, free_p
 from yolodist.data.sampler import ShardedBatchSampler
 from yolodist.dist import collectives
 from yolodist.dist.env import DistEnv
-from yolodist.engine import step
-from yolodist.engine.resume import SkipBatches
-from yolodist.engine.watchdog import StopSignals, describe_laggards
+from yolodist.dist.lifecycle import StopSignals
+from yolodist.dist.watchdog import describe_laggards
+from yolodist.engine import epoch, step
+from yolodist.engine.epoch import SkipBatches
+from yolodist.engine.run import RunProgress
 
 WRAPPER = str(Path(__file__).with_name("fault_train.py"))
 TRAIN = str(ROOT / "train.py")
@@ -186,23 +188,26 @@ def _toy_context(signum: int = 0) -> step.StepContext:
     model = torch.nn.Linear(3, 2)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     scaler = torch.amp.GradScaler("cpu", enabled=False)
-    ctx = step.StepContext(model, model, None, optimizer, scaler, None, DistEnv(), 1, autocast=None)
-    ctx.pending_signal = lambda: signum
-    return ctx
+    signals = StopSignals(announce=False)
+    signals.signum = signum  # as its handler would have set it
+    return step.StepContext(model, model, None, optimizer, scaler, None, DistEnv(), 1, autocast=None, stop=signals)
 
 
 def test_an_update_with_nan_gradients_is_skipped_and_counted():
     ctx = _toy_context()
+    progress = RunProgress()  # where the trainer counts skipped updates
     before = [p.detach().clone() for p in ctx.model.parameters()]
     for p in ctx.model.parameters():
         p.grad = torch.full_like(p, float("nan"))
-    step.apply_update(ctx)
-    assert ctx.skipped and ctx.skipped_in_a_row == 1
+    agreed = step.apply_update(ctx)
+    epoch.after_update(progress, step.StepOutcome(torch.zeros(3), *agreed), ctx.env, 0, 0)
+    assert agreed.skipped and progress.skipped_in_a_row == 1
     assert all(torch.equal(a, b) for a, b in zip(before, ctx.model.parameters(), strict=True))
     assert all(p.grad is None for p in ctx.model.parameters())
     ctx.model(torch.ones(1, 3)).sum().backward()
-    step.apply_update(ctx)
-    assert not ctx.skipped and ctx.skipped_in_a_row == 0 and ctx.stop_signal == 0
+    agreed = step.apply_update(ctx)
+    epoch.after_update(progress, step.StepOutcome(torch.zeros(3), *agreed), ctx.env, 0, 1)
+    assert not agreed.skipped and progress.skipped_in_a_row == 0 and agreed.stop_signal == 0
     assert not all(torch.equal(a, b) for a, b in zip(before, ctx.model.parameters(), strict=True))
 
 
@@ -215,9 +220,9 @@ def test_a_pending_signal_is_agreed_at_the_update():
     ctx = _toy_context(signum=signal.SIGTERM)
     _micro_batch(ctx, torch.ones(3, 3))
     ctx.model(torch.ones(1, 3)).sum().backward()
-    step.apply_update(ctx)
-    assert ctx.stop_signal == signal.SIGTERM and not ctx.skipped
-    assert ctx.window_news is None  # the next window starts afresh
+    agreed = step.apply_update(ctx)
+    assert agreed.stop_signal == signal.SIGTERM and not agreed.skipped
+    assert ctx.window.sums is None  # the next window starts afresh
 
 
 def test_a_nonfinite_loss_anywhere_in_the_window_skips_the_update():
@@ -228,8 +233,8 @@ def test_a_nonfinite_loss_anywhere_in_the_window_skips_the_update():
     _micro_batch(ctx, sums)  # an accumulation micro-batch with an inf loss term
     _micro_batch(ctx, torch.ones(3, 3))  # the update's own micro-batch is finite
     ctx.model(torch.ones(1, 3)).sum().backward()  # and so are the gradients
-    step.apply_update(ctx)
-    assert ctx.skipped and ctx.stop_signal == 0
+    agreed = step.apply_update(ctx)
+    assert agreed.skipped and agreed.stop_signal == 0
     assert all(torch.equal(a, b) for a, b in zip(before, ctx.model.parameters(), strict=True))
 
 
@@ -237,7 +242,7 @@ WATCHDOG_PROBE = textwrap.dedent(
     """
     import time
     from yolodist.dist.env import DistEnv
-    from yolodist.engine.watchdog import Watchdog
+    from yolodist.dist.watchdog import Watchdog
 
     dog = Watchdog(DistEnv(rank=1, node_rank=1), timeout_s=1.0)
     dog.start()

@@ -21,10 +21,10 @@ from yolodist.config.schema import Hyp, TrainConfig
 from yolodist.dist import syncbn
 from yolodist.dist.env import DistEnv
 from yolodist.engine import build, precision
+from yolodist.engine.epoch import ends_window, warmup_accumulation
 from yolodist.engine.loss import YoloLoss
 from yolodist.engine.optim import accumulate_steps
 from yolodist.engine.step import StepContext, train_step
-from yolodist.engine.trainer import ends_window, warmup_accumulation
 
 # AMP against float32 on one batch: YOLOv5n from scratch, 8 shapes images at 128 px. Measured with
 # float16 autocast on a CPU (the same ops in float16 as on CUDA, though not cuDNN's kernels), over
@@ -105,7 +105,7 @@ def step_gradients(
     scaler = torch.amp.GradScaler(device.type, enabled=precision.needs_scaler(autocast))
     env = DistEnv(device=device, devices=(device,))
     ctx = StepContext(net, net, loss, optimizer, scaler, None, env, imgs.shape[0], autocast=autocast)
-    items = train_step(ctx, imgs, targets.to(device), update=False)
+    items = train_step(ctx, imgs, targets.to(device), update=False).items
     scaler.unscale_(optimizer)
     grads = [torch.zeros(p.shape) if p.grad is None else p.grad for p in net.parameters()]
     return StepGradients(items.detach().double().cpu(), [g.detach().double().cpu() for g in grads])
@@ -176,7 +176,7 @@ def scheduled_updates(cfg: TrainConfig, hyp: Hyp, steps_per_epoch: int) -> int:
     """How many optimiser updates a run of ``cfg`` schedules, walking its batches as the trainer does.
 
     Warm-up accumulates fewer batches per update, and each epoch's last batch always updates
-    (trainer.ends_window), so the count is not simply batches / accumulate.
+    (engine.epoch.ends_window), so the count is not simply batches / accumulate.
     """
     warmup_iters = build.warmup_iterations(cfg, hyp, steps_per_epoch)
     accumulate = accumulate_steps(cfg.batch_size, nbs=cfg.nbs)
@@ -186,7 +186,7 @@ def scheduled_updates(cfg: TrainConfig, hyp: Hyp, steps_per_epoch: int) -> int:
         for i in range(steps_per_epoch):
             global_step = i + steps_per_epoch * epoch
             window = accumulate
-            if global_step <= warmup_iters:  # as trainer.apply_warmup
+            if global_step <= warmup_iters:  # as engine.epoch.apply_warmup
                 window = warmup_accumulation(global_step, warmup_iters, accumulate)
             if ends_window(i, last_update, window, steps_per_epoch):
                 updates, last_update = updates + 1, i

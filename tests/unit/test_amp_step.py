@@ -37,8 +37,8 @@ def _batch() -> tuple[torch.Tensor, torch.Tensor]:
 def test_amp_step_updates_weights_and_keeps_the_scale():
     ctx = _context()
     before = {k: v.clone() for k, v in ctx.model.state_dict().items()}
-    items = step.train_step(ctx, *_batch(), update=True)
-    assert torch.isfinite(items).all() and not ctx.skipped
+    outcome = step.train_step(ctx, *_batch(), update=True)
+    assert torch.isfinite(outcome.items).all() and not outcome.skipped
     after = ctx.model.state_dict()
     assert not torch.equal(before["model.24.m.0.weight"], after["model.24.m.0.weight"])
     assert ctx.scaler.get_scale() == 2.0**10  # a finite step keeps the scale (growth after 2000 steps)
@@ -53,9 +53,9 @@ def test_amp_inf_gradients_skip_the_step_and_lower_the_scale():
     with torch.no_grad():
         ctx.model.model[0].conv.weight.grad[0, 0, 0, 0] = float("inf")  # an fp16-style overflow
     weights = ctx.model.model[0].conv.weight.detach().clone()
-    step.apply_update(ctx)
+    agreed = step.apply_update(ctx)
     # The scaler skips the optimiser step and halves the scale. With AMP, inf gradients are the
     # scaler's business: the loss was finite, so this is not counted as a skipped (non-finite) update.
     assert torch.equal(ctx.model.model[0].conv.weight, weights)
     assert ctx.scaler.get_scale() == 2.0**9
-    assert not ctx.skipped
+    assert not agreed.skipped

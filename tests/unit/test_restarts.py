@@ -6,7 +6,7 @@ import dataclasses
 
 from yolodist.config.schema import TrainConfig
 from yolodist.dist.env import DistEnv
-from yolodist.engine import restarts
+from yolodist.engine.run import continue_after_restart, forget_run, remember_run
 
 
 def launch(round_: int, max_restarts: int = 1) -> DistEnv:
@@ -17,21 +17,21 @@ def test_a_restart_round_resumes_the_noted_runs_last_checkpoint(tmp_path):
     cfg = TrainConfig(project=str(tmp_path / "runs"))
     run_dir = tmp_path / "runs" / "exp3"
     (run_dir / "weights").mkdir(parents=True)
-    restarts.remember_run(cfg, launch(0), run_dir)
-    assert restarts.continue_after_restart(cfg, launch(1)) == cfg  # noted, but nothing saved yet
+    remember_run(cfg, launch(0), run_dir)
+    assert continue_after_restart(cfg, launch(1)) == cfg  # noted, but nothing saved yet
     (run_dir / "weights" / "last.pt").write_bytes(b"checkpoint")
-    resumed = restarts.continue_after_restart(cfg, launch(1))
+    resumed = continue_after_restart(cfg, launch(1))
     assert resumed == dataclasses.replace(cfg, resume=str(run_dir.resolve() / "weights" / "last.pt"))
-    assert restarts.continue_after_restart(cfg, launch(0)) == cfg  # the first round never resumes
-    restarts.forget_run(cfg, launch(1))
-    assert restarts.continue_after_restart(cfg, launch(2)) == cfg  # a finished run is not continued
+    assert continue_after_restart(cfg, launch(0)) == cfg  # the first round never resumes
+    forget_run(cfg, launch(1))
+    assert continue_after_restart(cfg, launch(2)) == cfg  # a finished run is not continued
     assert not list((tmp_path / "runs").glob(".restart-*"))
 
 
 def test_no_note_without_restarts_and_an_explicit_resume_wins(tmp_path):
     cfg = TrainConfig(project=str(tmp_path / "runs"))
     (tmp_path / "runs").mkdir()
-    restarts.remember_run(cfg, launch(0, max_restarts=0), tmp_path / "runs" / "exp")
+    remember_run(cfg, launch(0, max_restarts=0), tmp_path / "runs" / "exp")
     assert not list((tmp_path / "runs").glob(".restart-*"))
     explicit = dataclasses.replace(cfg, resume="runs/train/exp/weights/last.pt")
-    assert restarts.continue_after_restart(explicit, launch(1)) == explicit
+    assert continue_after_restart(explicit, launch(1)) == explicit

@@ -12,8 +12,9 @@ import torch
 
 from yolodist.config.schema import Hyp, TrainConfig
 from yolodist.engine.build import freeze_layers, warmup_iterations
+from yolodist.engine.epoch import ends_window, warmup_accumulation
 from yolodist.engine.inputs import multi_scale_size
-from yolodist.engine.trainer import EarlyStopping, ends_window, warmup_accumulation
+from yolodist.engine.trainer import EarlyStopping
 from yolodist.models import Model
 from yolodist.utils.seed import seed_everything
 

@@ -212,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
                 join_timeout_s=args.dist_timeout,
             )
             return launcher.launch(where, "yolodist.cli", ["train", *strip_launch_flags(argv)])
-        from yolodist.engine.launch import train  # heavy imports only after the flags are fine
+        from yolodist.engine.trainer import train  # heavy imports only after the flags are fine
 
         cfg = config_from_args(args)
         if cfg.evolve:

@@ -207,34 +207,3 @@ def session(env: DistEnv, timeout_s: float = 1800.0) -> Iterator[DistEnv]:
             with contextlib.suppress(Exception):
                 dist.destroy_process_group()
         _WITNESSES.clear()
-
-
-class Heartbeats:
-    """Each rank's latest progress note, kept in the process group's store so any rank can read all of them.
-
-    A rank stuck in a collective cannot tell which peer holds it up; the notes (written every few
-    seconds by a watchdog thread) can. Store errors are the caller's to handle: the store lives in
-    node 0's launcher and disappears with it.
-    """
-
-    PREFIX = "yolodist/heartbeat/"
-
-    def __init__(self, store: dist.Store, rank: int, world_size: int) -> None:
-        self._store, self.rank, self.world_size = store, rank, world_size
-
-    def publish(self, note: str) -> None:
-        self._store.set(f"{self.PREFIX}{self.rank}", note)
-
-    def read(self) -> dict[int, str]:
-        """{rank: note} for every rank that has published one."""
-        keys = {rank: f"{self.PREFIX}{rank}" for rank in range(self.world_size)}
-        return {rank: self._store.get(key).decode() for rank, key in keys.items() if self._store.check([key])}
-
-
-def heartbeats(env: DistEnv) -> Heartbeats | None:
-    """The heartbeat board of this job's process group; None outside DDP."""
-    if not env.is_distributed or not dist.is_initialized():
-        return None
-    from torch.distributed.distributed_c10d import _get_default_store
-
-    return Heartbeats(_get_default_store(), env.rank, env.world_size)

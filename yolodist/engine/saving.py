@@ -9,17 +9,19 @@ from typing import TYPE_CHECKING
 from yolodist.checkpoint.files import save_checkpoint
 from yolodist.checkpoint.state import TrainingState
 from yolodist.dist import collectives, slurm
-from yolodist.engine.watchdog import StopRequested
+from yolodist.dist.lifecycle import StopRequested
 from yolodist.errors import CannotSave, DistFailure, Interrupted
 from yolodist.eval.validator import ValResult
 
 if TYPE_CHECKING:
-    from yolodist.engine.run import Run
+    from yolodist.engine.run import Run, RunProgress
 
 LOGGER = logging.getLogger(__name__)
 
 
-def make_checkpoint(run: Run, epoch: int, fitness: float, batches_done: int = 0) -> TrainingState:
+def make_checkpoint(
+    run: Run, progress: RunProgress, epoch: int, fitness: float, batches_done: int = 0
+) -> TrainingState:
     """The resumable checkpoint after ``epoch`` (and ``batches_done`` batches of the next one)."""
     optim = run.optim
     return TrainingState.new(
@@ -28,7 +30,7 @@ def make_checkpoint(run: Run, epoch: int, fitness: float, batches_done: int = 0)
         updates=run.ema.updates,
         optimizer=optim.optimizer.state_dict(),
         epoch=epoch,
-        best_fitness=run.best_fitness,
+        best_fitness=progress.best_fitness,
         opt=run.cfg.to_dict(),
         yaml=run.model.yaml,
         names=run.data.names,
@@ -36,29 +38,29 @@ def make_checkpoint(run: Run, epoch: int, fitness: float, batches_done: int = 0)
         scaler=optim.scaler.state_dict(),
         fitness=fitness,
         batches_done=batches_done,
-        maps=[float(v) for v in run.maps],  # what --image-weights draws the next epoch by
+        maps=[float(v) for v in progress.maps],  # what --image-weights draws the next epoch by
     )
 
 
-def save_epoch(run: Run, epoch: int, result: ValResult) -> None:
+def save_epoch(run: Run, progress: RunProgress, epoch: int, result: ValResult) -> None:
     """last.pt every epoch (the previous one kept as last.prev.pt), best.pt on a new best, epochN.pt by period."""
-    ckpt = make_checkpoint(run, epoch, result.fitness).to_dict()
+    ckpt = make_checkpoint(run, progress, epoch, result.fitness).to_dict()
     weights = run.save_dir / "weights"
     save_checkpoint(ckpt, weights / "last.pt")
-    if result.fitness >= run.best_fitness:
+    if result.fitness >= progress.best_fitness:
         save_checkpoint(ckpt, weights / "best.pt", keep_previous=False)
     if run.cfg.save_period > 0 and epoch % run.cfg.save_period == 0:
         save_checkpoint(ckpt, weights / f"epoch{epoch}.pt", keep_previous=False)
 
 
-def try_save_epoch(run: Run, epoch: int, result: ValResult) -> str | None:
+def try_save_epoch(run: Run, progress: RunProgress, epoch: int, result: ValResult) -> str | None:
     """``save_epoch``; a write that fails (a full disk, ...) comes back as what to tell the user, not raised.
 
     Every file is written atomically, so after a failure ``last.pt`` (or ``last.prev.pt``) still holds
     the last epoch that was saved, and ``--resume`` continues from it once the cause is fixed.
     """
     try:
-        save_epoch(run, epoch, result)
+        save_epoch(run, progress, epoch, result)
     except OSError as e:
         last = run.save_dir / "weights" / "last.pt"
         kept = f"{last} still holds the last epoch saved" if last.is_file() else "no checkpoint was saved yet"
@@ -67,27 +69,26 @@ def try_save_epoch(run: Run, epoch: int, result: ValResult) -> str | None:
     return None
 
 
-def save_interrupted(run: Run, epoch: int, batches_done: int) -> None:
+def save_interrupted(run: Run, progress: RunProgress, epoch: int, batches_done: int) -> None:
     """last.pt for a run stopped after ``batches_done`` batches of ``epoch`` (always an optimiser-step boundary)."""
-    ckpt = make_checkpoint(run, epoch - 1, run.best_fitness, batches_done)
+    ckpt = make_checkpoint(run, progress, epoch - 1, progress.best_fitness, batches_done)
     save_checkpoint(ckpt, run.save_dir / "weights" / "last.pt")
 
 
-def skipping(run: Run, epoch: int) -> bool:
-    """Whether the epoch ended inside a run of skipped (non-finite) updates: then last.pt is left as it was."""
-    skipped = run.ctx.skipped_in_a_row
+def skipping(skipped: int, epoch: int) -> bool:
+    """Whether the epoch ended inside a run of ``skipped`` (non-finite) updates: then last.pt is left as it was."""
     if skipped:
         LOGGER.warning(f"epoch {epoch}: not saving, the last {skipped} update(s) were skipped (non-finite values)")
     return skipped > 0
 
 
-def interrupted(run: Run, stop: StopRequested) -> Interrupted:
+def interrupted(run: Run, progress: RunProgress, stop: StopRequested) -> Interrupted:
     """Rank 0 writes the checkpoint to resume from; every rank returns the error it exits with (128 + signal)."""
     env = run.env
     path = run.save_dir / "weights" / "last.pt"
-    if env.is_main and stop.needs_save and not skipping(run, stop.epoch):
+    if env.is_main and stop.needs_save and not skipping(progress.skipped_in_a_row, stop.epoch):
         try:
-            save_interrupted(run, stop.epoch, stop.batches_done)
+            save_interrupted(run, progress, stop.epoch, stop.batches_done)
         except OSError as e:  # the others learn it from the barrier below, as a failed peer
             raise CannotSave(
                 f"{e.strerror or e}: interrupted at epoch {stop.epoch} step {stop.batches_done} without a new "

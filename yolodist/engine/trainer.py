@@ -1,9 +1,11 @@
-"""The training recipe: build, then for each epoch train, validate, save, report."""
+"""The training recipe: build, then for each epoch train, validate, save, report; and its entry,
+``train``, which runs it inside the launch's process group."""
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,24 +13,24 @@ import numpy as np
 import torch
 
 from yolodist.config.schema import Hyp, TrainConfig
+from yolodist.data.dataset import YoloDataset
 from yolodist.data.image_weights import epoch_image_weights
 from yolodist.dist import collectives
+from yolodist.dist import env as dist_env
 from yolodist.dist.env import DistEnv
-from yolodist.engine import restarts, resume
-from yolodist.engine.inputs import network_input
-from yolodist.engine.optim import warmup
-from yolodist.engine.run import Run, setup
+from yolodist.dist.lifecycle import Guard, StopRequested
+from yolodist.dist.parallel import check_sync_bn
+from yolodist.dist.session import session
+from yolodist.engine.build import DataParts
+from yolodist.engine.epoch import train_one_epoch
+from yolodist.engine.run import Run, RunProgress, forget_run, setup
 from yolodist.engine.saving import interrupted, skipping, try_save_epoch
-from yolodist.engine.step import MAX_SKIPPED_UPDATES, train_step
-from yolodist.engine.watchdog import Guard, StopRequested
-from yolodist.errors import CannotSave, DistFailure, NonFiniteLoss
+from yolodist.errors import CannotSave, DistFailure
 from yolodist.eval import plots, visuals
 from yolodist.eval.validator import ValResult, ValSettings, validate
-from yolodist.utils.log import colorstr
+from yolodist.utils.log import colorstr, setup_logging
 
 LOGGER = logging.getLogger(__name__)
-LOG_EVERY = 10  # steps between loss synchronisations (the only host-device syncs of an epoch)
-PLOTTED_TRAIN_BATCHES = 3  # train_batch0..2.jpg, as upstream
 
 
 @dataclass
@@ -63,7 +65,7 @@ def fit(cfg: TrainConfig, env: DistEnv, hyp: Hyp | None = None) -> FitResult:
 
     ``hyp`` replaces the --hyp file (hyperparameter evolution trains the values it bred).
     """
-    run = setup(cfg, env, hyp)
+    run, progress = setup(cfg, env, hyp)
     cfg = run.cfg
     LOGGER.info(
         f"Image sizes {cfg.imgsz} train, {cfg.imgsz} val; {env.world_size} process(es) x "
@@ -76,12 +78,11 @@ def fit(cfg: TrainConfig, env: DistEnv, hyp: Hyp | None = None) -> FitResult:
         plots.safe_plot(plots.plot_labels, labels, run.data.names, run.save_dir / "labels.jpg")
     t0 = time.time()
     try:
-        with Guard(env, cfg.dist_timeout) as guard:
-            run.ctx.pending_signal = guard.pending_signal
-            epoch, result = guarded_epochs(run, guard)
+        with Guard(env, cfg.dist_timeout, run.signals) as guard:
+            epoch, result = guarded_epochs(run, progress, guard)
     finally:
         run.reporter.close()
-    restarts.forget_run(cfg, env)
+    forget_run(cfg, env)
     if plotting and (run.save_dir / "results.csv").is_file():
         plots.safe_plot(plots.plot_results, run.save_dir / "results.csv")
     if env.is_main:
@@ -90,16 +91,27 @@ def fit(cfg: TrainConfig, env: DistEnv, hyp: Hyp | None = None) -> FitResult:
             f"\n{epoch - run.start_epoch + 1} epochs completed in {hours:.3f} hours.\n"
             f"Results saved to {colorstr(str(run.save_dir), 'bold')}"
         )
-    return FitResult(run.save_dir, epoch - run.start_epoch + 1, run.best_fitness, result, run.hyp)
+    return FitResult(run.save_dir, epoch - run.start_epoch + 1, progress.best_fitness, result, run.hyp)
 
 
-def guarded_epochs(run: Run, guard: Guard) -> tuple[int, ValResult]:
+def train(cfg: TrainConfig, body: Callable[[TrainConfig, DistEnv], object] = fit) -> int:
+    """Run ``body`` (one training, or an evolution of many) inside this launch's process group."""
+    env = dist_env.detect(cfg.device, cfg.local_rank)
+    setup_logging(env.rank)
+    cfg.check_world(env.world_size)
+    check_sync_bn(env, cfg.sync_bn)
+    with session(env, cfg.dist_timeout) as joined:
+        body(cfg, joined)
+    return 0
+
+
+def guarded_epochs(run: Run, progress: RunProgress, guard: Guard) -> tuple[int, ValResult]:
     """The epochs, with an agreed stop turned into a checkpoint and a peer's failure into one line per rank."""
     try:
-        return run_epochs(run, guard)
+        return run_epochs(run, progress, guard)
     except StopRequested as stop:
         with guard.phase("saving"):
-            raise interrupted(run, stop) from None
+            raise interrupted(run, progress, stop) from None
     except Exception as error:
         kind = collectives.peer_failure(error)
         if kind is None or not run.env.is_distributed:
@@ -107,9 +119,9 @@ def guarded_epochs(run: Run, guard: Guard) -> tuple[int, ValResult]:
         raise DistFailure(guard.failure_message(kind)) from error
 
 
-def run_epochs(run: Run, guard: Guard) -> tuple[int, ValResult]:
+def run_epochs(run: Run, progress: RunProgress, guard: Guard) -> tuple[int, ValResult]:
     """Train, validate, save and report each epoch; returns the last epoch and its validation result."""
-    cfg, env = run.cfg, run.env
+    cfg = run.cfg
     stopper = EarlyStopping(cfg.patience)
     result = ValResult()
     epoch = run.start_epoch - 1
@@ -117,9 +129,9 @@ def run_epochs(run: Run, guard: Guard) -> tuple[int, ValResult]:
     for epoch in range(run.start_epoch, cfg.epochs):
         start = run.start_batch if epoch == run.start_epoch else 0
         if cfg.image_weights:
-            draw_by_image_weights(run)
-        train_losses = train_one_epoch(run, epoch, guard, start)
-        report_broken_images(run, epoch, broken)
+            draw_by_image_weights(run.data, progress.maps)
+        train_losses = train_one_epoch(run, progress, epoch, guard, start)
+        report_broken_images(run.data.train_set, run.env, epoch, broken)
         lrs = [group["lr"] for group in run.optim.optimizer.param_groups]
         run.optim.scheduler.step()
         final_epoch = epoch + 1 == cfg.epochs
@@ -127,37 +139,44 @@ def run_epochs(run: Run, guard: Guard) -> tuple[int, ValResult]:
         with guard.phase("validating"):
             validated = validate_epoch(run, final_epoch, guard)
             if validated is not None and validated.maps is not None:  # rank 0 holds the metrics
-                run.maps = validated.maps
+                progress.maps = validated.maps
             result = validated or result
-            run.best_fitness = max(run.best_fitness, result.fitness)
+            progress.best_fitness = max(progress.best_fitness, result.fitness)
             run.reporter.results_row(epoch, train_losses, result, lrs)
         with guard.phase("saving"):
-            stop, failed = False, None
-            if env.is_main:
-                stop = stopper(epoch, result.fitness)
-                if (not cfg.nosave or final_epoch or stop) and not skipping(run, epoch):
-                    failed = try_save_epoch(run, epoch, result)
-            # One broadcast carries all three: every rank stops together, also when rank 0 could not save,
-            # and every rank draws the next epoch's images by the same per-class mAP.
-            stop, failed, maps = collectives.broadcast_object((stop, failed, run.maps) if env.is_main else None, env)
-            run.maps = np.asarray(maps, dtype=np.float64)
-            if failed:
-                raise CannotSave(failed if env.is_main else f"rank {env.rank}: stopped with rank 0, which {failed}")
-            if stop or final_epoch:
+            if save_and_decide(run, progress, stopper, epoch, result):
                 break
             # A signal that arrived during validation or saving stops here rather than an epoch later.
-            signum = collectives.all_reduce(torch.tensor([float(guard.pending_signal())]), env, op="max").item()
+            signum = collectives.all_reduce(torch.tensor([float(run.signals.pending())]), run.env, op="max").item()
         if signum:
             raise StopRequested(epoch + 1, 0, int(signum), needs_save=cfg.nosave)
     return epoch, result
 
 
-def report_broken_images(run: Run, epoch: int, reported: set[str]) -> None:
+def save_and_decide(run: Run, progress: RunProgress, stopper: EarlyStopping, epoch: int, result: ValResult) -> bool:
+    """Rank 0 saves the epoch and decides whether to stop early; returns, on every rank, whether training ends."""
+    cfg, env = run.cfg, run.env
+    final_epoch = epoch + 1 == cfg.epochs
+    stop, failed = False, None
+    if env.is_main:
+        stop = stopper(epoch, result.fitness)
+        if (not cfg.nosave or final_epoch or stop) and not skipping(progress.skipped_in_a_row, epoch):
+            failed = try_save_epoch(run, progress, epoch, result)
+    # One broadcast carries all three: every rank stops together, also when rank 0 could not save,
+    # and every rank draws the next epoch's images by the same per-class mAP.
+    stop, failed, maps = collectives.broadcast_object((stop, failed, progress.maps) if env.is_main else None, env)
+    progress.maps = np.asarray(maps, dtype=np.float64)
+    if failed:
+        raise CannotSave(failed if env.is_main else f"rank {env.rank}: stopped with rank 0, which {failed}")
+    return stop or final_epoch
+
+
+def report_broken_images(train_set: YoloDataset, env: DistEnv, epoch: int, reported: set[str]) -> None:
     """Rank 0 names the training images that broke after the scan on any rank (the loaders used others)."""
-    mine = run.data.train_set.broken_after_scan()
-    new = sorted({f for files in collectives.all_gather_object(mine, run.env) for f in files} - reported)
+    mine = train_set.broken_after_scan()
+    new = sorted({f for files in collectives.all_gather_object(mine, env) for f in files} - reported)
     reported.update(new)
-    if new and run.env.is_main:
+    if new and env.is_main:
         shown = ", ".join(new[:5]) + (f" and {len(new) - 5} more" if len(new) > 5 else "")
         LOGGER.warning(
             f"epoch {epoch}: {len(new)} training image(s) could not be loaded any more and were replaced by "
@@ -165,10 +184,9 @@ def report_broken_images(run: Run, epoch: int, reported: set[str]) -> None:
         )
 
 
-def draw_by_image_weights(run: Run) -> None:
+def draw_by_image_weights(data: DataParts, maps: np.ndarray) -> None:
     """--image-weights: the epoch's images (and mosaic partners) are drawn by class rarity and last mAP."""
-    data = run.data
-    weights = epoch_image_weights(data.train_set.labels, len(data.names), run.maps)
+    weights = epoch_image_weights(data.train_set.labels, len(data.names), maps)
     data.train_sampler.set_weights(weights)
     data.train_set.set_draw_weights(weights)
 
@@ -195,96 +213,3 @@ def validate_epoch(run: Run, final_epoch: bool, guard: Guard | None = None) -> V
     if plotting:
         visuals.plot_validation(result, run.data.names, run.save_dir)
     return result
-
-
-def train_one_epoch(run: Run, epoch: int, guard: Guard | None = None, start: int = 0) -> list[float]:
-    """One pass over this rank's shard from batch ``start``; returns the mean (box, obj, cls) losses over all ranks."""
-    ctx, data, cfg, reporter = run.ctx, run.data, run.cfg, run.reporter
-    ctx.net.train()
-    data.train_sampler.set_epoch(epoch)
-    steps = len(data.train_loader)
-    reporter.epoch_start(epoch, steps, start)
-    started = time.perf_counter()
-    loss_sum = torch.zeros(3, device=ctx.env.device)
-    mean_losses = torch.zeros(3)
-    # A resumed epoch starts right after an update, so its accumulation windows are the original's.
-    last_update, logged = start - 1, start
-    plot_batches = PLOTTED_TRAIN_BATCHES if ctx.env.is_main and not cfg.noplots and epoch == run.start_epoch else 0
-    for i, (imgs, targets, paths, _shapes) in enumerate(resume.batches_from(data.train_loader, start), start):
-        if guard is not None:
-            guard.pet(epoch, i)
-        if i < plot_batches:
-            name = run.save_dir / f"train_batch{i}.jpg"
-            plots.safe_plot(plots.plot_images, imgs, targets, list(paths), data.names, name)
-        accumulate = apply_warmup(run, epoch, i + steps * epoch)
-        imgs = network_input(imgs, ctx.env.device, cfg, run.stride, epoch, i)
-        update = ends_window(i, last_update, accumulate, steps)
-        items = train_step(ctx, imgs, targets.to(ctx.env.device), update)
-        loss_sum += torch.nan_to_num(items, nan=0.0, posinf=0.0, neginf=0.0)  # a skipped update's NaN stays out
-        if update:
-            last_update = i
-            after_update(run, epoch, i)
-        if (i + 1) % LOG_EVERY == 0 or i == steps - 1:
-            mean_losses = collectives.all_reduce(loss_sum.clone(), ctx.env, op="sum").cpu() / (i + 1 - start)
-            reporter.step(mean_losses, int(targets.shape[0]), imgs.shape[-1], done=i + 1, advance=i + 1 - logged)
-            logged = i + 1
-    reporter.epoch_end()
-    seconds = time.perf_counter() - started
-    images = (steps - start) * cfg.batch_size
-    # Throughput over all ranks, training only (validation excluded); bench/ reads this line.
-    LOGGER.info(f"epoch {epoch}: {images} images in {seconds:.1f} s ({images / seconds:.1f} images/s)")
-    return mean_losses.tolist()
-
-
-def apply_warmup(run: Run, epoch: int, global_step: int) -> int:
-    """Set the warm-up lr and momentum for ``global_step``; returns the accumulation length in force."""
-    optim, hyp = run.optim, run.hyp
-    if global_step > run.warmup_iters:
-        return optim.accumulate
-    warmup(
-        optim.optimizer,
-        global_step,
-        run.warmup_iters,
-        epoch,
-        optim.lr_fn,
-        hyp.warmup_bias_lr,
-        hyp.momentum,
-        hyp.warmup_momentum,
-    )
-    return warmup_accumulation(global_step, run.warmup_iters, optim.accumulate)
-
-
-def warmup_accumulation(global_step: int, warmup_iters: int, accumulate: int) -> int:
-    """Batches per update during warm-up: rising linearly (rounded) from 1 to ``accumulate``, as upstream."""
-    return max(1, int(np.interp(global_step, [0, warmup_iters], [1, accumulate]).round()))
-
-
-def ends_window(step: int, last_update: int, accumulate: int, steps: int) -> bool:
-    """Whether batch ``step`` of an epoch of ``steps`` batches ends an accumulation window (an update).
-
-    As upstream, an update comes once ``accumulate`` batches have passed since the last one. Unlike
-    upstream, windows end with the epoch: its last batch always updates, where upstream drops the
-    gradients of an unfinished window at the next epoch's start. The two agree whenever ``steps`` is
-    a multiple of ``accumulate``; ours lets an epoch-end checkpoint resume exactly.
-    """
-    return step - last_update >= accumulate or step == steps - 1
-
-
-def after_update(run: Run, epoch: int, step: int) -> None:
-    """Report a skipped (non-finite) update, give up after too many in a row, stop when the ranks agreed to."""
-    ctx, env = run.ctx, run.env
-    if ctx.skipped:
-        if ctx.skipped_in_a_row >= MAX_SKIPPED_UPDATES:
-            if not env.is_main:
-                raise NonFiniteLoss(f"rank {env.rank}: stopping together with rank 0 (non-finite loss)")
-            raise NonFiniteLoss(
-                f"loss is NaN/inf for {MAX_SKIPPED_UPDATES} steps in a row (last at epoch {epoch} step {step}): "
-                "lower --hyp lr0 or check your data"
-            )
-        if env.is_main:
-            LOGGER.warning(
-                f"non-finite loss or gradients at epoch {epoch} step {step}: skipped this optimiser update on "
-                f"every rank ({ctx.skipped_in_a_row} in a row)"
-            )
-    if ctx.stop_signal:
-        raise StopRequested(epoch, step + 1, ctx.stop_signal)

@@ -1,4 +1,4 @@
-"""Guards around the training loop: a watchdog for hung ranks, and an orderly stop on SIGINT/SIGTERM.
+"""A watchdog for hung ranks, and the heartbeats that tell a rank which peer holds the job up.
 
 A rank that hangs (a deadlocked data worker, a stuck filesystem, a peer that never arrives) is not
 cleaned up by torchrun when it sits on another node: the peers' collectives time out and their node
@@ -14,10 +14,6 @@ validation loader, is ended and named like one hung in a training step.
 
 The same threads publish each rank's position to the process group's store every few seconds, so
 a rank that gives up can also say which peer is behind.
-
-SIGINT and SIGTERM (torchrun forwards SIGTERM to its workers when it is stopped) only set a flag
-here; the ranks agree on it at the next optimiser step (see ``engine.step``), so all of them stop
-after the same update and rank 0 can write a checkpoint to resume from.
 """
 
 from __future__ import annotations
@@ -25,38 +21,57 @@ from __future__ import annotations
 import contextlib
 import faulthandler
 import os
-import signal
 import sys
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from types import FrameType
-from typing import TypeVar
+
+import torch.distributed as dist
 
 from yolodist.dist import collectives
 from yolodist.dist.env import DistEnv
-from yolodist.dist.session import Heartbeats, heartbeats
 
 HEARTBEAT_S = 2.0  # how often each rank publishes its position
 READ_PEERS_S = 3.0  # how long a rank that gives up waits for the store to tell where the others are
 EXIT_HUNG = 1
-T = TypeVar("T")
-# SIGUSR1: SLURM's warning before a time limit or preemption (sbatch --signal=USR1@120).
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
 
 
-class StopRequested(Exception):
-    """Every rank agreed to stop on ``signum`` with ``batches_done`` batches of ``epoch`` trained."""
-
-    def __init__(self, epoch: int, batches_done: int, signum: int, needs_save: bool = True) -> None:
-        super().__init__(f"stop at epoch {epoch} step {batches_done}")
-        self.epoch, self.batches_done, self.signum, self.needs_save = epoch, batches_done, signum, needs_save
-
-
-def _say(text: str) -> None:
+def say(text: str) -> None:
     """Write a line to stderr without the logging module, whose locks a stuck main thread may hold."""
     with contextlib.suppress(OSError):
         os.write(sys.stderr.fileno(), (text.rstrip("\n") + "\n").encode())
+
+
+class Heartbeats:
+    """Each rank's latest progress note, kept in the process group's store so any rank can read all of them.
+
+    A rank stuck in a collective cannot tell which peer holds it up; the notes (written every few
+    seconds by a watchdog thread) can. Store errors are the caller's to handle: the store lives in
+    node 0's launcher and disappears with it.
+    """
+
+    PREFIX = "yolodist/heartbeat/"
+
+    def __init__(self, store: dist.Store, rank: int, world_size: int) -> None:
+        self._store, self.rank, self.world_size = store, rank, world_size
+
+    def publish(self, note: str) -> None:
+        self._store.set(f"{self.PREFIX}{self.rank}", note)
+
+    def read(self) -> dict[int, str]:
+        """{rank: note} for every rank that has published one."""
+        keys = {rank: f"{self.PREFIX}{rank}" for rank in range(self.world_size)}
+        return {rank: self._store.get(key).decode() for rank, key in keys.items() if self._store.check([key])}
+
+
+def heartbeats(env: DistEnv) -> Heartbeats | None:
+    """The heartbeat board of this job's process group; None outside DDP."""
+    if not env.is_distributed or not dist.is_initialized():
+        return None
+    from torch.distributed.distributed_c10d import _get_default_store
+
+    return Heartbeats(_get_default_store(), env.rank, env.world_size)
 
 
 TRAINING = "working"  # the heartbeat state of a rank in the training loop, outside any collective
@@ -185,106 +200,12 @@ class Watchdog:
             (epoch, step), phase = self._position, self._phase
         env = self.env
         where = f"at epoch {epoch} step {step}" if phase == TRAINING else f"while {phase} epoch {epoch}"
-        _say(
+        say(
             f"rank {env.rank} (node {env.node_rank}) made no progress for {self.timeout_s:g} s {where} "
             f"(--dist-timeout); ending the job. Stacks of this process ({idle:.1f} s idle):"
         )
         faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
         peers = self.peers()
         if peers:
-            _say(f"rank {env.rank}: waiting for: {peers}")
+            say(f"rank {env.rank}: waiting for: {peers}")
         os._exit(EXIT_HUNG)
-
-
-class StopSignals:
-    """SIGINT/SIGTERM/SIGUSR1 set a flag (the first time); a second Ctrl-C interrupts at once."""
-
-    def __init__(self, announce: bool) -> None:
-        self.signum = 0
-        self.announce = announce
-        self._previous: dict[int, object] = {}
-        self._pid = os.getpid()
-
-    def install(self) -> None:
-        if threading.current_thread() is not threading.main_thread():
-            return  # signal handlers can only be set from the main thread
-        self._pid = os.getpid()
-        for sig in STOP_SIGNALS:
-            self._previous[sig] = signal.signal(sig, self._handle)
-
-    def restore(self) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-        self._previous.clear()
-
-    def _handle(self, signum: int, _frame: FrameType | None) -> None:
-        if os.getpid() != self._pid:
-            return  # a forked data worker: Ctrl-C reaches it too, but the trainer decides when to stop
-        if self.signum:
-            if signum == signal.SIGINT:
-                raise KeyboardInterrupt
-            return
-        self.signum = signum
-        if self.announce:
-            name = signal.Signals(signum).name
-            _say(f"{name} received: stopping after the current optimiser step (Ctrl-C again to stop at once)")
-
-
-class Guard:
-    """The watchdog (DDP only) and the stop signals, for the length of a ``with`` block."""
-
-    def __init__(self, env: DistEnv, timeout_s: float) -> None:
-        self.env, self.timeout_s = env, timeout_s
-        self.watchdog = Watchdog(env, timeout_s, heartbeats(env)) if env.is_distributed else None
-        self.signals = StopSignals(announce=env.is_main)
-
-    def __enter__(self) -> Guard:
-        self.signals.install()
-        if self.watchdog is not None:
-            self.watchdog.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.watchdog is not None:
-            self.watchdog.stop()
-        self.signals.restore()
-
-    def pending_signal(self) -> int:
-        return self.signals.signum
-
-    def pet(self, epoch: int, step: int) -> None:
-        if self.watchdog is not None:
-            self.watchdog.pet(epoch, step)
-
-    def progress(self) -> None:
-        if self.watchdog is not None:
-            self.watchdog.progress()
-
-    @contextlib.contextmanager
-    def phase(self, name: str) -> Iterator[None]:
-        """Validation or saving, under the watchdog's deadline (see :meth:`Watchdog.phase`)."""
-        if self.watchdog is None:
-            yield
-            return
-        with self.watchdog.phase(name):
-            yield
-
-    def watched(self, batches: Iterable[T]) -> Iterator[T]:
-        """``batches``, showing progress at each one: a rank stuck fetching or using a batch is ended."""
-        for batch in batches:
-            self.progress()
-            yield batch
-
-    def peers(self) -> str:
-        """Which peers hold the job up, as far as the heartbeats tell ('' when unknown)."""
-        return self.watchdog.peers() if self.watchdog is not None else ""
-
-    def failure_message(self, kind: str) -> str:
-        """This rank's one line when a collective failed because of a peer (``kind`` from ``peer_failure``)."""
-        who = f"rank {self.env.rank} (node {self.env.node_rank})"
-        if kind == "lost":
-            return f"{who}: stopping because another rank failed; its error is in its own node's output"
-        laggards = self.peers()
-        waiting_for = f" ({laggards})" if laggards else ""
-        timeout = f"--dist-timeout {self.timeout_s:g} s"
-        return f"{who}: a collective waited {timeout} for another rank{waiting_for}; ending the job"
