@@ -191,7 +191,12 @@ def strip_launch_flags(argv: list[str]) -> list[str]:
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     values = resolve_evolve(resolve_profile({k: v for k, v in vars(args).items() if k not in LAUNCH_FLAGS}))
     freeze = values.pop("freeze")
-    return TrainConfig(**values, freeze=tuple(freeze))
+    cfg = TrainConfig(**values, freeze=tuple(freeze))
+    if cfg.cfg and not cfg.resume:
+        from yolodist.models.yolo import resolve_cfg
+
+        resolve_cfg(cfg.cfg)  # a mistyped --cfg is said at once, not after the data is checked or generated
+    return cfg
 
 
 def main(argv: list[str] | None = None) -> int:
