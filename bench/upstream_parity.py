@@ -180,7 +180,7 @@ def our_updates(
     """Our own trainer (``setup`` + ``train_one_epoch``) over the same fixed batches."""
     from yolodist.config.io import dump_yaml
     from yolodist.config.schema import TrainConfig
-    from yolodist.dist.env import detect
+    from yolodist.distributed.env import detect
     from yolodist.engine.build import warmup_iterations
     from yolodist.engine.epoch import train_one_epoch
     from yolodist.engine.run import setup

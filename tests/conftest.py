@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 T = TypeVar("T")
 # Folders whose every test launches real ranks, nodes or a cluster (marked ``dist``). The SLURM tests
 # are also ``timing``: they share one cluster per test session, so they run in one process.
-DIST_FOLDERS = ("dist", "slurm", "gpu")
+DIST_FOLDERS = ("distributed", "slurm", "gpu")
 TIMING_FOLDERS = ("slurm",)
 
 

@@ -1,6 +1,6 @@
 """Architecture guards that import-linter cannot express (STYLE.md habit 15).
 
-1. Only yolodist/dist/ touches torch.distributed, DataParallel/DDP/SyncBatchNorm, init_process_group
+1. Only yolodist/distributed/ touches torch.distributed, DataParallel/DDP/SyncBatchNorm, init_process_group
    or the launcher's environment variables (import-linter only forbids top-level packages).
 2. Nothing edits sys.path, in the package or in the root scripts: the layout makes it unnecessary.
 """
@@ -14,7 +14,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "yolodist"
-DIST = PACKAGE / "dist"
+DIST = PACKAGE / "distributed"
 
 FORBIDDEN_NAMES = {"DistributedDataParallel", "DataParallel", "SyncBatchNorm", "init_process_group"}
 LAUNCHER_VARIABLES = {
@@ -46,7 +46,7 @@ def _is_distributed_module(name: str) -> bool:
 
 
 def dist_violations(source: str) -> list[str]:
-    """What in ``source`` only yolodist/dist may use, as 'line: what' strings."""
+    """What in ``source`` only yolodist/distributed may use, as 'line: what' strings."""
     found = []
     for node in ast.walk(ast.parse(source)):
         line = getattr(node, "lineno", 0)
@@ -106,7 +106,7 @@ def test_the_scan_sees_the_package():
 @pytest.mark.parametrize("path", _package_files_outside_dist(), ids=lambda p: str(p.relative_to(ROOT)))
 def test_only_dist_touches_torch_distributed_and_launcher_variables(path):
     found = dist_violations(path.read_text(encoding="utf-8"))
-    assert not found, f"{path.relative_to(ROOT)} must leave this to yolodist/dist: {found}"
+    assert not found, f"{path.relative_to(ROOT)} must leave this to yolodist/distributed: {found}"
 
 
 @pytest.mark.parametrize(
@@ -147,7 +147,7 @@ def test_the_dist_rule_catches(snippet):
     [
         '"""Docstrings may say torch.distributed and RANK in prose."""',
         "# comments: torch.distributed.barrier()",
-        "from yolodist.dist import collectives\ncollectives.barrier(env)",
+        "from yolodist.distributed import collectives\ncollectives.barrier(env)",
         "world = env.world_size\nrank = env.rank",
         "x = {'rank': 0, 'Rank': 1}",
         "import torch.nn as nn\nbn = nn.BatchNorm2d(3)",

@@ -90,7 +90,7 @@ def test_evolve_with_a_checkpoint_to_resume_is_one_line(capsys):
 
 @pytest.mark.timeout(240)
 def test_ctrl_c_in_a_generation_keeps_the_finished_ones_and_the_same_command_continues(tmp_path, tiny_shapes):
-    from tests.dist.test_faults import WRAPPER, Job, finish, launched
+    from tests.distributed.test_faults import WRAPPER, Job, finish, launched
 
     common = [
         *("--data", str(tiny_shapes), *TINY, "--epochs", "1", "--project", str(tmp_path / "runs")),

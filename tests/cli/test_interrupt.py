@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.dist.conftest import free_port
-from tests.dist.test_faults import TRAIN, WRAPPER, Job, finish, launched, no_leftovers, torchrun_command
+from tests.distributed.conftest import free_port
+from tests.distributed.test_faults import TRAIN, WRAPPER, Job, finish, launched, no_leftovers, torchrun_command
 
 
 def flags(data: Path, project: Path, name: str) -> list[str]:

@@ -18,8 +18,8 @@ import torch
 from torch import nn
 
 from yolodist.config.schema import Hyp, TrainConfig
-from yolodist.dist import syncbn
-from yolodist.dist.env import DistEnv
+from yolodist.distributed import syncbn
+from yolodist.distributed.env import DistEnv
 from yolodist.engine import build, precision
 from yolodist.engine.epoch import ends_window, warmup_accumulation
 from yolodist.engine.loss import YoloLoss

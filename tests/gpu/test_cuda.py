@@ -170,7 +170,7 @@ def test_torch_syncbn_on_cuda_equals_full_batch_batchnorm(tmp_path, record_prope
     loads into our CPU synchronised BatchNorm (checkpoints move between them)."""
     from torch import nn
 
-    from yolodist.dist import syncbn
+    from yolodist.distributed import syncbn
 
     probe, out = tmp_path / "probe.py", tmp_path / "out"
     probe.write_text(CUDA_SYNCBN_PROBE)
@@ -200,7 +200,7 @@ def test_torch_syncbn_kernels_on_uneven_shards_match_ours_and_batchnorm(record_p
     the whole batch; their running statistics equal BatchNorm2d's. Tolerances in probes.py."""
     from torch import nn
 
-    from yolodist.dist import syncbn
+    from yolodist.distributed import syncbn
 
     device, eps, momentum = KERNEL_DEVICE, probes.SYNCBN_EPS, probes.SYNCBN_MOMENTUM
     shards = probes.uneven_shards()

@@ -11,7 +11,7 @@ import pytest
 
 from tests.cli.test_interrupt import assert_same_weights
 from tests.conftest import ROOT, concurrently
-from tests.dist.test_faults import WRAPPER
+from tests.distributed.test_faults import WRAPPER
 
 TRAIN = str(ROOT / "train.py")
 

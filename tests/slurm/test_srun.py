@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from tests.conftest import concurrently, free_port
-from tests.dist.test_ddp import invariance_args, load_last
+from tests.distributed.test_ddp import invariance_args, load_last
 
 pytestmark = pytest.mark.timeout(400)
 

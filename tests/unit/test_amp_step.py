@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from yolodist.config.schema import Hyp
-from yolodist.dist.env import DistEnv
+from yolodist.distributed.env import DistEnv
 from yolodist.engine import step
 from yolodist.engine.ema import ModelEMA
 from yolodist.engine.loss import YoloLoss

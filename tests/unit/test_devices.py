@@ -5,7 +5,7 @@ import os
 import pytest
 import torch
 
-from yolodist.dist.devices import device_for_rank
+from yolodist.distributed.devices import device_for_rank
 from yolodist.errors import BadFlag
 from yolodist.utils.devices import parse_device
 

@@ -1,4 +1,4 @@
-"""Launch topology from environment mappings, and the dist helpers in one process (no process group)."""
+"""Launch topology from environment mappings, and the distributed helpers in one process (no process group)."""
 
 import logging
 from types import SimpleNamespace
@@ -6,12 +6,19 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from yolodist.dist import env as dist_env
-from yolodist.dist.collectives import all_gather_object, all_reduce, barrier, broadcast_object, reduce_dict, world_size
-from yolodist.dist.env import DistEnv, dp_warning, from_environ
-from yolodist.dist.parallel import check_sync_bn, no_sync, unwrap, wrap
-from yolodist.dist.scope import main_first
-from yolodist.dist.session import _user_error, session
+from yolodist.distributed import env as dist_env
+from yolodist.distributed.collectives import (
+    all_gather_object,
+    all_reduce,
+    barrier,
+    broadcast_object,
+    reduce_dict,
+    world_size,
+)
+from yolodist.distributed.env import DistEnv, dp_warning, from_environ
+from yolodist.distributed.parallel import check_sync_bn, no_sync, unwrap, wrap
+from yolodist.distributed.scope import main_first
+from yolodist.distributed.session import _user_error, session
 from yolodist.errors import BadFlag, DistFailure, PortBusy
 
 TORCHRUN = {"RANK": "3", "LOCAL_RANK": "1", "WORLD_SIZE": "4", "LOCAL_WORLD_SIZE": "2", "GROUP_RANK": "1"}
@@ -116,7 +123,7 @@ def test_detect_reads_os_environ_and_logs_the_dp_advice(monkeypatch, caplog):
         monkeypatch.delenv(name)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     monkeypatch.setattr(dist_env.sys, "argv", ["train.py", "--device", "0,1"])
-    with caplog.at_level(logging.WARNING, logger="yolodist.dist.env"):
+    with caplog.at_level(logging.WARNING, logger="yolodist.distributed.env"):
         assert dist_env.detect("0,1").mode == "dp"
     assert "--nproc_per_node 2 train.py --device 0,1" in caplog.text
 

@@ -13,7 +13,7 @@ from torch import nn
 
 from tests.gpu import probes
 from yolodist.config.schema import Hyp, TrainConfig
-from yolodist.dist import syncbn
+from yolodist.distributed import syncbn
 from yolodist.models import Model
 
 

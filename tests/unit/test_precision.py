@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from yolodist.config.schema import Hyp, TrainConfig
-from yolodist.dist.env import DistEnv
+from yolodist.distributed.env import DistEnv
 from yolodist.engine import precision, step
 from yolodist.engine.ema import ModelEMA
 from yolodist.engine.inputs import network_input

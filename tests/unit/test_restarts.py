@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 from yolodist.config.schema import TrainConfig
-from yolodist.dist.env import DistEnv
+from yolodist.distributed.env import DistEnv
 from yolodist.engine.run import continue_after_restart, forget_run, remember_run
 
 

@@ -12,8 +12,8 @@ import threading
 import pytest
 import torch.distributed as dist
 
-from yolodist.dist import session
-from yolodist.dist.env import DistEnv
+from yolodist.distributed import session
+from yolodist.distributed.env import DistEnv
 from yolodist.errors import DistFailure
 
 TIMEOUT = datetime.timedelta(seconds=10)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from yolodist.dist import slurm
-from yolodist.dist.env import from_environ
+from yolodist.distributed import slurm
+from yolodist.distributed.env import from_environ
 from yolodist.errors import BadFlag, DistFailure
 
 

@@ -7,7 +7,7 @@ import torch
 
 from yolodist.config.schema import TrainConfig, ValConfig
 from yolodist.data.spec import load_data_spec
-from yolodist.dist.env import DistEnv
+from yolodist.distributed.env import DistEnv
 from yolodist.errors import BadFlag
 from yolodist.eval.pipeline import build_val_loader, rank_batch, run_val
 from yolodist.utils.devices import local_accelerators, select_device

@@ -204,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
     def body() -> int:
-        from yolodist.dist import launcher
+        from yolodist.distributed import launcher
 
         if args.nproc_per_node and not launcher.under_launcher():
             config_from_args(args).check_world(args.nproc_per_node * args.nnodes)  # fail before launching

@@ -19,7 +19,7 @@ from yolodist.errors import BadFlag
 
 if TYPE_CHECKING:  # the command imports torch and the model code only once its flags are fine
     from yolodist.data.spec import DataSpec
-    from yolodist.dist.env import DistEnv
+    from yolodist.distributed.env import DistEnv
     from yolodist.eval.validator import ValResult
     from yolodist.infer.backend import Backend
 
@@ -71,8 +71,8 @@ def config_from_args(args: argparse.Namespace) -> ValConfig:
 
 def run(cfg: ValConfig) -> None:
     """Validate on every rank of the launch; rank 0 reports and writes."""
-    from yolodist.dist import env as dist_env
-    from yolodist.dist.session import session
+    from yolodist.distributed import env as dist_env
+    from yolodist.distributed.session import session
     from yolodist.utils.log import setup_logging
 
     env = dist_env.detect(cfg.device, cfg.local_rank)
@@ -99,7 +99,7 @@ def _validate(cfg: ValConfig, env: DistEnv) -> None:
 def _dataset(cfg: ValConfig, env: DistEnv, backend: Backend) -> tuple[DataSpec, list[str], list[Path]]:
     """The dataset, the class names to report and the split to validate, checked against the model."""
     from yolodist.data.spec import load_data_spec
-    from yolodist.dist.scope import main_first
+    from yolodist.distributed.scope import main_first
 
     with main_first(env, local=True, name="val-dataset-yaml"):
         spec = load_data_spec(cfg.data)
@@ -117,7 +117,7 @@ def _dataset(cfg: ValConfig, env: DistEnv, backend: Backend) -> tuple[DataSpec, 
 
 def _save_dir(cfg: ValConfig, env: DistEnv) -> Path:
     """project/name made unique by rank 0; every rank gets its path (the plot hooks need it)."""
-    from yolodist.dist import collectives
+    from yolodist.distributed import collectives
     from yolodist.utils.paths import increment_path
 
     save_dir = None

@@ -1,7 +1,7 @@
 """Construct everything a training run needs from a TrainConfig and a DistEnv.
 
 Builders build; the trainer only runs what they return. Rank-dependent work goes through the
-``dist`` helpers: files shared by a node (the built-in dataset, label caches) are made by the local
+``distributed`` helpers: files shared by a node (the built-in dataset, label caches) are made by the local
 main rank first, while the other ranks wait without holding a collective open.
 """
 
@@ -24,9 +24,9 @@ from yolodist.data.dataset import YoloDataset
 from yolodist.data.loader import build_loader
 from yolodist.data.sampler import ShardedBatchSampler
 from yolodist.data.spec import DataSpec, load_data_spec
-from yolodist.dist import collectives, parallel
-from yolodist.dist.env import DistEnv
-from yolodist.dist.scope import main_first
+from yolodist.distributed import collectives, parallel
+from yolodist.distributed.env import DistEnv
+from yolodist.distributed.scope import main_first
 from yolodist.engine import autoanchor
 from yolodist.engine.loss import LossTerms, YoloLoss, reduce_loss
 from yolodist.engine.optim import (

@@ -19,9 +19,9 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 
 from yolodist.config.schema import Hyp
-from yolodist.dist import collectives
-from yolodist.dist.env import DistEnv
-from yolodist.dist.lifecycle import Guard, StopRequested
+from yolodist.distributed import collectives
+from yolodist.distributed.env import DistEnv
+from yolodist.distributed.lifecycle import Guard, StopRequested
 from yolodist.engine.build import OptimParts
 from yolodist.engine.inputs import network_input
 from yolodist.engine.optim import warmup

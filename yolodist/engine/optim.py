@@ -18,7 +18,7 @@ LOGGER = logging.getLogger(__name__)
 
 # Every normalisation layer torch.nn exports (upstream's rule: "Norm" in the class name), plus the
 # private bases so subclasses count too (our CPU SyncBN derives from _BatchNorm). Computed, so that
-# no module outside yolodist/dist names the distributed BatchNorm class.
+# no module outside yolodist/distributed names the distributed BatchNorm class.
 NORM_TYPES: tuple[type, ...] = (
     *(v for k, v in vars(nn).items() if "Norm" in k and isinstance(v, type)),
     nn.modules.batchnorm._NormBase,

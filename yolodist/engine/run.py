@@ -21,10 +21,10 @@ import numpy as np
 from yolodist.checkpoint import restore
 from yolodist.config.io import dump_yaml
 from yolodist.config.schema import Hyp, TrainConfig
-from yolodist.dist import collectives
-from yolodist.dist.env import DistEnv
-from yolodist.dist.lifecycle import StopSignals
-from yolodist.dist.scope import main_first
+from yolodist.distributed import collectives
+from yolodist.distributed.env import DistEnv
+from yolodist.distributed.lifecycle import StopSignals
+from yolodist.distributed.scope import main_first
 from yolodist.engine import build, precision
 from yolodist.engine.ema import ModelEMA
 from yolodist.engine.report import MainReporter, NullReporter

@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING
 
 from yolodist.checkpoint.files import save_checkpoint
 from yolodist.checkpoint.state import TrainingState
-from yolodist.dist import collectives, slurm
-from yolodist.dist.lifecycle import StopRequested
+from yolodist.distributed import collectives, slurm
+from yolodist.distributed.lifecycle import StopRequested
 from yolodist.errors import CannotSave, DistFailure, Interrupted
 from yolodist.eval.validator import ValResult
 

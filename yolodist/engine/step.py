@@ -21,8 +21,8 @@ from typing import NamedTuple, Protocol
 import torch
 from torch import nn
 
-from yolodist.dist import collectives, parallel
-from yolodist.dist.env import DistEnv
+from yolodist.distributed import collectives, parallel
+from yolodist.distributed.env import DistEnv
 from yolodist.engine.ema import ModelEMA
 from yolodist.engine.loss import reduce_loss
 
@@ -30,7 +30,7 @@ MAX_GRAD_NORM = 10.0
 
 
 class StopSource(Protocol):
-    """Where a rank learns that it was asked to stop (``dist.lifecycle.StopSignals`` in a training run)."""
+    """Where a rank learns that it was asked to stop (``distributed.lifecycle.StopSignals`` in a training run)."""
 
     @property
     def watched(self) -> tuple[int, ...]:

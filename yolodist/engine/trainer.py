@@ -15,12 +15,12 @@ import torch
 from yolodist.config.schema import Hyp, TrainConfig
 from yolodist.data.dataset import YoloDataset
 from yolodist.data.image_weights import epoch_image_weights
-from yolodist.dist import collectives
-from yolodist.dist import env as dist_env
-from yolodist.dist.env import DistEnv
-from yolodist.dist.lifecycle import Guard, StopRequested
-from yolodist.dist.parallel import check_sync_bn
-from yolodist.dist.session import session
+from yolodist.distributed import collectives
+from yolodist.distributed import env as dist_env
+from yolodist.distributed.env import DistEnv
+from yolodist.distributed.lifecycle import Guard, StopRequested
+from yolodist.distributed.parallel import check_sync_bn
+from yolodist.distributed.session import session
 from yolodist.engine.build import DataParts
 from yolodist.engine.epoch import train_one_epoch
 from yolodist.engine.run import Run, RunProgress, forget_run, setup

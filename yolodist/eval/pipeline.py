@@ -17,8 +17,8 @@ from yolodist.config.schema import ValConfig
 from yolodist.data.dataset import YoloDataset
 from yolodist.data.loader import build_loader
 from yolodist.data.sampler import ShardedBatchSampler
-from yolodist.dist.env import DistEnv
-from yolodist.dist.scope import main_first
+from yolodist.distributed.env import DistEnv
+from yolodist.distributed.scope import main_first
 from yolodist.eval import visuals
 from yolodist.eval.validator import ValResult, ValSettings, validate
 

@@ -16,8 +16,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from yolodist.dist import collectives
-from yolodist.dist.env import DistEnv
+from yolodist.distributed import collectives
+from yolodist.distributed.env import DistEnv
 from yolodist.eval.metrics import APResult, Metrics, ap_per_class, fitness, match_predictions
 from yolodist.ops.boxes import scale_boxes, xywh2xyxy
 from yolodist.ops.nms import non_max_suppression

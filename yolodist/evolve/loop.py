@@ -25,8 +25,8 @@ import numpy as np
 
 from yolodist.config.io import load_hyp
 from yolodist.config.schema import Hyp, TrainConfig
-from yolodist.dist import collectives
-from yolodist.dist.env import DistEnv
+from yolodist.distributed import collectives
+from yolodist.distributed.env import DistEnv
 from yolodist.engine.trainer import FitResult, fit
 from yolodist.errors import DistFailure, Interrupted
 from yolodist.eval.plots import safe_plot

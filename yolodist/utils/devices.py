@@ -2,8 +2,8 @@
 
 CUDA_VISIBLE_DEVICES is never written: '--device 2,3' selects GPUs 2 and 3 by index, so other jobs'
 view of the GPUs is left alone. Which of the listed devices each local rank of a launch drives is
-decided in ``yolodist.dist`` (``devices.device_for_rank``); detection and export, which must stay
-out of ``yolodist.dist``, take the first listed device through :func:`select_device`.
+decided in ``yolodist.distributed`` (``devices.device_for_rank``); detection and export, which must stay
+out of ``yolodist.distributed``, take the first listed device through :func:`select_device`.
 """
 
 from __future__ import annotations

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.dist.conftest import ROOT, free_port
-from tests.dist.launch_helpers import WRAPPER, run_one, run_together, tiny_train_args, torchrun_command
+from tests.distributed.conftest import ROOT, free_port
+from tests.distributed.launch_helpers import WRAPPER, run_one, run_together, tiny_train_args, torchrun_command
 from yolodist.data.synthetic import ensure_shapes
-from yolodist.dist.launcher import Topology, plan, rendezvous_error
+from yolodist.distributed.launcher import Topology, plan, rendezvous_error
 from yolodist.errors import DistFailure, PortBusy
 
 pytestmark = pytest.mark.dist

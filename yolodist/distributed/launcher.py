@@ -19,7 +19,7 @@ import re
 import socket
 from dataclasses import dataclass
 
-from yolodist.dist import slurm
+from yolodist.distributed import slurm
 from yolodist.errors import BadFlag, DistFailure, PortBusy, UserError
 
 LOGGER = logging.getLogger(__name__)

@@ -8,7 +8,7 @@ import re
 import pytest
 
 from tests.conftest import concurrently, run_script
-from tests.dist.conftest import ROOT
+from tests.distributed.conftest import ROOT
 
 pytestmark = pytest.mark.dist
 

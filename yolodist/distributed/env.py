@@ -1,7 +1,7 @@
 """The launch topology, read once from the launcher's environment into a frozen value.
 
 Everything else in yolodist receives this value (or plain ints taken from it); nothing outside
-``yolodist/dist`` reads the launcher's variables.
+``yolodist/distributed`` reads the launcher's variables.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from dataclasses import dataclass
 
 import torch
 
-from yolodist.dist import slurm
-from yolodist.dist.devices import device_for_rank
+from yolodist.distributed import slurm
+from yolodist.distributed.devices import device_for_rank
 from yolodist.errors import BadFlag, DistFailure
 from yolodist.utils.devices import local_accelerators, parse_device
 

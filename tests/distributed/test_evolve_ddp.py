@@ -8,8 +8,8 @@ import pytest
 import yaml
 
 from tests.conftest import ROOT
-from tests.dist.launch_helpers import tiny_train_args
-from tests.dist.test_ddp import torchrun
+from tests.distributed.launch_helpers import tiny_train_args
+from tests.distributed.test_ddp import torchrun
 from yolodist.evolve.space import NAMES
 
 pytestmark = pytest.mark.dist

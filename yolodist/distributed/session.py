@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 import torch.distributed as dist
 
-from yolodist.dist.env import DistEnv
+from yolodist.distributed.env import DistEnv
 from yolodist.errors import DistFailure, PortBusy, UserError
 
 LOGGER = logging.getLogger(__name__)

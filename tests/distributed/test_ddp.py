@@ -24,9 +24,9 @@ SYNCBN_PROBE = textwrap.dedent(
     import json, sys
     import torch, torch.distributed as dist
     from torch import nn
-    from yolodist.dist import syncbn
-    from yolodist.dist.env import detect
-    from yolodist.dist.session import session
+    from yolodist.distributed import syncbn
+    from yolodist.distributed.env import detect
+    from yolodist.distributed.session import session
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     def net():
@@ -150,7 +150,7 @@ RANK_PROBE = textwrap.dedent(
 LAUNCH = textwrap.dedent(
     """
     import sys
-    from yolodist.dist import launcher
+    from yolodist.distributed import launcher
     where = launcher.plan(2, 1, 0, "127.0.0.1", None, join_timeout_s=60)
     sys.exit(launcher.launch(where, "rank_probe", [sys.argv[1]]))
     """

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.dist.launch_helpers import WRAPPER
-from tests.dist.test_ddp import invariance_args, load_last
+from tests.distributed.launch_helpers import WRAPPER
+from tests.distributed.test_ddp import invariance_args, load_last
 from yolodist.data.cache import list_image_files
 
 

@@ -13,8 +13,8 @@ import pytest
 import torch
 from torch import nn
 
-from yolodist.dist import syncbn
-from yolodist.dist.syncbn import CpuSyncBatchNorm
+from yolodist.distributed import syncbn
+from yolodist.distributed.syncbn import CpuSyncBatchNorm
 
 PROBE = textwrap.dedent(
     """
@@ -23,9 +23,9 @@ PROBE = textwrap.dedent(
     import torch
     from torch import nn
     from torch.nn.parallel import DistributedDataParallel as DDP
-    from yolodist.dist import syncbn
-    from yolodist.dist.env import detect
-    from yolodist.dist.session import session
+    from yolodist.distributed import syncbn
+    from yolodist.distributed.env import detect
+    from yolodist.distributed.session import session
 
     OUT = Path(sys.argv[1])
 

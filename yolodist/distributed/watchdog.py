@@ -29,8 +29,8 @@ from types import FrameType
 
 import torch.distributed as dist
 
-from yolodist.dist import collectives
-from yolodist.dist.env import DistEnv
+from yolodist.distributed import collectives
+from yolodist.distributed.env import DistEnv
 
 HEARTBEAT_S = 2.0  # how often each rank publishes its position
 READ_PEERS_S = 3.0  # how long a rank that gives up waits for the store to tell where the others are

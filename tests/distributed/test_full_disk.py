@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from tests.conftest import tmpfs
-from tests.dist.conftest import ROOT, run_torchrun
+from tests.distributed.conftest import ROOT, run_torchrun
 from yolodist.models import Model
 
 MB = 2**20

@@ -20,8 +20,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.dist.conftest import free_port
-from tests.dist.test_faults import WRAPPER, Job, finish, launched, torchrun_command, train_flags
+from tests.distributed.conftest import free_port
+from tests.distributed.test_faults import WRAPPER, Job, finish, launched, torchrun_command, train_flags
 from yolodist.data.synthetic import ensure_shapes
 
 

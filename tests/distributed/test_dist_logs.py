@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import tensorboard_scalars
-from tests.dist.conftest import ROOT, free_port
-from tests.dist.launch_helpers import Finished, run_one, tiny_train_args, torchrun_command
+from tests.distributed.conftest import ROOT, free_port
+from tests.distributed.launch_helpers import Finished, run_one, tiny_train_args, torchrun_command
 from yolodist.engine.report import RESULTS_COLUMNS
 
 EPOCHS = 3  # not 2: a line printed by both ranks must not pass for one printed each epoch

@@ -121,7 +121,7 @@ def uninterrupted(tmp_path_factory, tiny_shapes) -> dict:
     import torch
 
     # Imported here: test_faults imports this module, and holds the launch helpers the fault tests share.
-    from tests.dist.test_faults import WRAPPER, Job, finish, launched, restart_flags, torchrun_command
+    from tests.distributed.test_faults import WRAPPER, Job, finish, launched, restart_flags, torchrun_command
 
     root = tmp_path_factory.mktemp("uninterrupted")
     clean = [WRAPPER, "--rank", "1", "--", *restart_flags(tiny_shapes, root, "ref")]

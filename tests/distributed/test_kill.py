@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.dist.conftest import free_port
-from tests.dist.test_faults import (
+from tests.distributed.conftest import free_port
+from tests.distributed.test_faults import (
     TRAIN,
     WRAPPER,
     Job,

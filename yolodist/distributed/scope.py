@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch.distributed as dist
 
-from yolodist.dist.env import DistEnv
+from yolodist.distributed.env import DistEnv
 from yolodist.errors import DistFailure
 
 LOGGER = logging.getLogger(__name__)

@@ -7,7 +7,7 @@ world size and node rank come from ``SLURM_PROCID``, ``SLURM_LOCALID``, ``SLURM_
 the same one without talking to the others. ``MASTER_ADDR``/``MASTER_PORT`` override both, and
 torchrun's own variables win over all of this (``srun torchrun ...``, one launcher per node).
 
-Only ``yolodist.dist.env`` calls in here: it is the one reader of launcher variables.
+Only ``yolodist.distributed.env`` calls in here: it is the one reader of launcher variables.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ SIGINT and SIGTERM (torchrun forwards SIGTERM to its workers when it is stopped)
 (SLURM's warning before a time limit or preemption), only set a flag here; the ranks agree on it at
 the next optimiser step (``engine.step`` reads the flag as its stop source), so all of them stop
 after the same update and rank 0 can write a checkpoint to resume from. The watchdog and the
-heartbeats are in ``dist.watchdog``.
+heartbeats are in ``distributed.watchdog``.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from collections.abc import Iterable, Iterator
 from types import FrameType
 from typing import TypeVar
 
-from yolodist.dist.env import DistEnv
-from yolodist.dist.watchdog import Watchdog, heartbeats, say
+from yolodist.distributed.env import DistEnv
+from yolodist.distributed.watchdog import Watchdog, heartbeats, say
 
 T = TypeVar("T")
 # SIGUSR1: SLURM's warning before a time limit or preemption (sbatch --signal=USR1@120).

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from tests.conftest import ROOT, concurrently, run_script
-from tests.dist.test_ddp import _global_rel_diff, _max_rel_diff, torchrun
+from tests.distributed.test_ddp import _global_rel_diff, _max_rel_diff, torchrun
 
 pytestmark = pytest.mark.dist
 

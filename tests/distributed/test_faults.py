@@ -23,12 +23,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.dist.conftest import MARKER, ROOT, _kill_marked, _marked_pids, free_port
+from tests.distributed.conftest import MARKER, ROOT, _kill_marked, _marked_pids, free_port
 from yolodist.data.sampler import ShardedBatchSampler
-from yolodist.dist import collectives
-from yolodist.dist.env import DistEnv
-from yolodist.dist.lifecycle import StopSignals
-from yolodist.dist.watchdog import describe_laggards
+from yolodist.distributed import collectives
+from yolodist.distributed.env import DistEnv
+from yolodist.distributed.lifecycle import StopSignals
+from yolodist.distributed.watchdog import describe_laggards
 from yolodist.engine import epoch, step
 from yolodist.engine.epoch import SkipBatches
 from yolodist.engine.run import RunProgress
@@ -241,8 +241,8 @@ def test_a_nonfinite_loss_anywhere_in_the_window_skips_the_update():
 WATCHDOG_PROBE = textwrap.dedent(
     """
     import time
-    from yolodist.dist.env import DistEnv
-    from yolodist.dist.watchdog import Watchdog
+    from yolodist.distributed.env import DistEnv
+    from yolodist.distributed.watchdog import Watchdog
 
     dog = Watchdog(DistEnv(rank=1, node_rank=1), timeout_s=1.0)
     dog.start()
@@ -370,7 +370,7 @@ def test_f7_elastic_scale_down_continues_on_one_node_on_the_same_trajectory(tmp_
     """F7: two elastic nodes (--nnodes 1:2) train with --sync-bn; node B's launcher gets SIGTERM early in epoch 1.
     Both ranks stop at one step and save; node A's launcher restarts alone, with WORLD_SIZE 1 and the same total
     batch, continues the run from that checkpoint, and ends on the uninterrupted 2-rank trajectory."""
-    from tests.dist.test_ddp import _global_rel_diff
+    from tests.distributed.test_ddp import _global_rel_diff
 
     flags = lambda name: train_flags(tiny_shapes, tmp_path, name, "--epochs", "2", "--deterministic", "--sync-bn")  # noqa: E731
     port = free_port()

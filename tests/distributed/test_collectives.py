@@ -1,4 +1,4 @@
-"""The dist package over real torchrun processes on gloo: the env contract, collectives, main_first, restarts.
+"""The distributed package over real torchrun processes on gloo: the env contract, collectives, main_first, restarts.
 
 L1 (RELIABILITY.md): `torchrun --standalone --nproc-per-node 2` runs a probe through our env, session,
 collectives and main_first. F4: rank 0's main_first body sleeps twice the process-group timeout and
@@ -24,10 +24,10 @@ L1_PROBE = textwrap.dedent(
     from pathlib import Path
     import torch
     import torch.distributed as dist
-    from yolodist.dist import collectives as C
-    from yolodist.dist.env import detect
-    from yolodist.dist.scope import main_first
-    from yolodist.dist.session import session
+    from yolodist.distributed import collectives as C
+    from yolodist.distributed.env import detect
+    from yolodist.distributed.scope import main_first
+    from yolodist.distributed.session import session
     from yolodist.errors import DistFailure
 
     OUT, TIMEOUT_S, SLOW_S = Path(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3])
@@ -92,9 +92,9 @@ RESTART_PROBE = textwrap.dedent(
     from pathlib import Path
     import torch
     from torch.distributed.distributed_c10d import _get_default_store
-    from yolodist.dist import collectives as C
-    from yolodist.dist.env import detect
-    from yolodist.dist.session import session
+    from yolodist.distributed import collectives as C
+    from yolodist.distributed.env import detect
+    from yolodist.distributed.session import session
 
     OUT = Path(sys.argv[1])
     env = detect("cpu")
@@ -121,9 +121,9 @@ TEARDOWN_PROBE = textwrap.dedent(
     import gc, json, sys, weakref
     from pathlib import Path
     import torch.distributed as dist
-    from yolodist.dist import collectives as C
-    from yolodist.dist.env import detect
-    from yolodist.dist.session import session
+    from yolodist.distributed import collectives as C
+    from yolodist.distributed.env import detect
+    from yolodist.distributed.session import session
 
     OUT = Path(sys.argv[1])
     env = detect("cpu")

@@ -12,7 +12,7 @@ from types import FrameType
 import torch
 import torch.distributed as dist
 
-from yolodist.dist.env import DistEnv
+from yolodist.distributed.env import DistEnv
 
 _OPS = {"sum": dist.ReduceOp.SUM, "mean": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX}
 
@@ -109,7 +109,7 @@ _LOST_PEER = (
 _TIMED_OUT = ("timed out waiting", "collective operation timeout", "wait timeout", "socket timeout")
 # Code a thread is waiting in while it waits for its peers: our helpers, torch's collectives, and
 # the autograd engine, where DDP's backward waits for its gradient all-reduce.
-_WAITING_MODULES = ("yolodist.dist.", "torch.distributed", "torch.nn.parallel", "torch.autograd")
+_WAITING_MODULES = ("yolodist.distributed.", "torch.distributed", "torch.nn.parallel", "torch.autograd")
 
 
 def peer_failure(error: BaseException) -> str | None:
@@ -131,7 +131,7 @@ def waiting_for_peers(frame: FrameType | None) -> bool:
     """Whether the stack ending in ``frame`` is inside a collective (or DDP's backward), i.e. waiting on others."""
     while frame is not None:
         module = frame.f_globals.get("__name__", "")
-        if module.startswith(_WAITING_MODULES) and module != "yolodist.dist.session":
+        if module.startswith(_WAITING_MODULES) and module != "yolodist.distributed.session":
             return True
         frame = frame.f_back
     return False

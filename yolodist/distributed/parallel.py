@@ -8,8 +8,8 @@ import logging
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from yolodist.dist import syncbn
-from yolodist.dist.env import DistEnv
+from yolodist.distributed import syncbn
+from yolodist.distributed.env import DistEnv
 from yolodist.errors import BadFlag
 
 LOGGER = logging.getLogger(__name__)

@@ -34,7 +34,7 @@ def _rank() -> int:
 
 def _slow_labels(seconds: float, log_dir: Path) -> None:
     from yolodist.data import cache, dataset
-    from yolodist.dist import scope
+    from yolodist.distributed import scope
 
     log = log_dir / f"labels-rank{_rank()}.jsonl"
     loading: list[str] = []  # the cache path of the load in progress, for the scan inside it

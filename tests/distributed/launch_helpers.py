@@ -1,7 +1,7 @@
 """Several launchers at once (nodes of one job, or unrelated jobs), each with a hard deadline.
 
 Output goes to files rather than pipes, so no launcher can block on a full pipe while the test
-waits for another. Every process carries the marker of :mod:`tests.dist.conftest`, so whatever is
+waits for another. Every process carries the marker of :mod:`tests.distributed.conftest`, so whatever is
 left when the deadline passes (launchers and their ranks) is killed.
 """
 
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.dist.conftest import MARKER, ROOT, _kill_marked
+from tests.distributed.conftest import MARKER, ROOT, _kill_marked
 
 WRAPPER = Path(__file__).with_name("launch_wrapper.py")
 
