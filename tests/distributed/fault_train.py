@@ -111,7 +111,7 @@ def _install_kill_in_save(args: argparse.Namespace) -> None:
 
 
 def _install(args: argparse.Namespace) -> None:
-    from yolodist.engine import epoch, trainer
+    from yolodist.engine import epoch
 
     original = epoch.train_step
     rank = _rank()
@@ -155,7 +155,7 @@ def _install(args: argparse.Namespace) -> None:
 
     epoch.train_step = faulty
     if rank == args.rank and args.fault == "hang-in-val":
-        _hang_in_validation(trainer)
+        _hang_in_validation()
     if rank == args.rank and args.fault == "hang-in-save":
         _hang_in_checkpoint_write()
 
@@ -166,8 +166,10 @@ def _hang_forever(what: str) -> None:
         time.sleep(3600)
 
 
-def _hang_in_validation(trainer) -> None:
-    original = trainer.validate
+def _hang_in_validation() -> None:
+    from yolodist.eval import pipeline
+
+    original = pipeline.validate
 
     def stuck(batches):
         _hang_forever("fetching its first validation batch")
@@ -177,7 +179,7 @@ def _hang_in_validation(trainer) -> None:
     def validate(model, batches, *args, **kwargs):
         return original(model, stuck(batches), *args, **kwargs)
 
-    trainer.validate = validate
+    pipeline.validate = validate
 
 
 def _hang_in_checkpoint_write() -> None:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -26,8 +27,9 @@ from yolodist.engine.epoch import train_one_epoch
 from yolodist.engine.run import Run, RunProgress, forget_run, setup
 from yolodist.engine.saving import interrupted, skipping, try_save_epoch
 from yolodist.errors import CannotSave, DistFailure
-from yolodist.eval import plots, visuals
-from yolodist.eval.validator import ValResult, ValSettings, validate
+from yolodist.eval import plots
+from yolodist.eval.pipeline import run_val
+from yolodist.eval.validator import ValResult
 from yolodist.utils.log import colorstr, setup_logging
 
 LOGGER = logging.getLogger(__name__)
@@ -194,22 +196,23 @@ def draw_by_image_weights(data: DataParts, maps: np.ndarray) -> None:
 def validate_epoch(run: Run, final_epoch: bool, guard: Guard | None = None) -> ValResult | None:
     """Validate the EMA when this epoch is validated (every epoch, or only the last with --noval).
 
-    With a ``guard``, each validation batch shows the watchdog that this rank is not stuck.
+    The plots are drawn after the last epoch only. With a ``guard``, each validation batch shows the
+    watchdog that this rank is not stuck.
     """
     cfg = run.cfg
     if run.data.val_loader is None or (cfg.noval and not final_epoch):
         return None
-    plotting = run.env.is_main and not cfg.noplots and final_epoch
-    on_batch = visuals.batch_plotter(run.save_dir, run.data.names) if plotting else None
-    settings = ValSettings(single_cls=cfg.single_cls)
-    data = run.data
+    val_cfg = dataclasses.replace(cfg.val_config(), noplots=cfg.noplots or not final_epoch)
     # Without --sync-bn each rank's EMA has its own BatchNorm statistics; every rank validates rank 0's.
     collectives.broadcast_buffers(run.ema.ema, run.env)
-    batches = data.val_loader if guard is None else guard.watched(data.val_loader)
-    result = validate(
-        run.ema.ema, batches, run.env, data.names, settings, loss_fn=run.ctx.loss_fn.items, on_batch=on_batch
+    batches = run.data.val_loader if guard is None else guard.watched(run.data.val_loader)
+    return run_val(
+        val_cfg,
+        run.env,
+        run.ema.ema,
+        batches,
+        run.data.names,
+        run.save_dir,
+        loss_fn=run.ctx.loss_fn.items,
+        report=lambda result: run.reporter.validation(result, per_class=final_epoch),
     )
-    run.reporter.validation(result, per_class=final_epoch)
-    if plotting:
-        visuals.plot_validation(result, run.data.names, run.save_dir)
-    return result

@@ -1,8 +1,9 @@
 """The validation pipeline training and val.py share: the sharded loader, then validating with plots.
 
-Training validates its EMA model on ``build_val_loader``'s loader each epoch; val.py validates a
-loaded checkpoint or exported model the same way, so both read the same batches and draw the same
-plots. What each reports (results.csv, or the table, speed and saved labels) stays with its caller.
+Training validates its EMA model with ``run_val`` on ``build_val_loader``'s loader each epoch; val.py
+validates a loaded checkpoint or exported model the same way, so both read the same batches, use the
+same thresholds and draw the same plots. What each reports (results.csv, or the table, speed and saved
+labels) stays with its caller.
 """
 
 from __future__ import annotations
