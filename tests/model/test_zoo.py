@@ -39,6 +39,21 @@ def test_gflops_within_one_percent(built) -> None:
     assert abs(gflops - UPSTREAM[name][1]) / UPSTREAM[name][1] < 0.01, gflops
 
 
+def test_gflops_equal_torchs_flop_counter(built) -> None:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    _, model = built
+    model.eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(torch.zeros(1, 3, 64, 64))
+    model.train()
+    assert count_gflops(model, 64) * 1e9 == pytest.approx(counter.get_total_flops(), rel=1e-12)
+    linear = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 64 * 64, 10))
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        linear(torch.zeros(1, 3, 64, 64))
+    assert count_gflops(linear, 64) * 1e9 == pytest.approx(counter.get_total_flops(), rel=1e-12)
+
+
 def test_gflops_scale_with_area(built) -> None:
     _, model = built
     assert count_gflops(model, 320) * 4 == pytest.approx(count_gflops(model, 640), rel=1e-9)

@@ -8,7 +8,6 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
 from yolodist.models.parse import LayerRecord
 
@@ -32,10 +31,20 @@ def _probe_size(model: nn.Module) -> int:
     return max(max_stride, 32) * 2
 
 
-def count_gflops(model: nn.Module, imgsz: int | Sequence[int] = 640) -> float:
-    """GFLOPs of one forward pass on a ``[1, ch, h, w]`` image, counted by ``FlopCounterMode``.
+def _layer_flops(module: nn.Module, output: torch.Tensor) -> int:
+    """FLOPs of one convolution or linear layer's forward (a multiply-add is 2), without its bias."""
+    if isinstance(module, nn.Conv2d):
+        per_output = module.in_channels // module.groups * module.kernel_size[0] * module.kernel_size[1]
+        return 2 * output.numel() * per_output
+    return 2 * output.numel() * module.in_features  # nn.Linear
 
-    A multiply-add counts as 2 FLOPs. The count is taken on a small probe image and scaled by
+
+def count_gflops(model: nn.Module, imgsz: int | Sequence[int] = 640) -> float:
+    """GFLOPs of one forward pass on a ``[1, ch, h, w]`` image: its convolutions and linear layers.
+
+    A multiply-add counts as 2 FLOPs, as torch's ``FlopCounterMode`` counts them (the tests compare
+    the two); forward hooks count instead, because that mode imports ``torch._dynamo``, seconds of
+    every training process's start-up. The count is taken on a small probe image and scaled by
     area, which is exact for these convolutional models when every size is a multiple of the
     largest stride. Training flags and BatchNorm statistics are left as they were.
     """
@@ -48,15 +57,23 @@ def count_gflops(model: nn.Module, imgsz: int | Sequence[int] = 640) -> float:
     cfg = getattr(model, "yaml", None)
     ch = int(cfg.get("ch", 3)) if isinstance(cfg, dict) else 3
     image = torch.zeros(1, ch, probe, probe, device=first.device, dtype=first.dtype)
+    flops = []
+    hooks = [
+        m.register_forward_hook(lambda m, _, out: flops.append(_layer_flops(m, out)))
+        for m in model.modules()
+        if isinstance(m, nn.Conv2d | nn.Linear)
+    ]
     modes = {m: m.training for m in model.modules()}
     model.eval()  # eval: BatchNorm must not update its running statistics while we count
     try:
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        with torch.no_grad():
             model(image)
     finally:
+        for hook in hooks:
+            hook.remove()
         for module, training in modes.items():
             module.training = training
-    return counter.get_total_flops() / 1e9 * (h * w) / (probe * probe)
+    return sum(flops) / 1e9 * (h * w) / (probe * probe)
 
 
 def model_summary(model: nn.Module, imgsz: int | Sequence[int] = 640) -> ModelSummary:

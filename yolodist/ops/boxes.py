@@ -11,7 +11,6 @@ import math
 
 import numpy as np
 import torch
-import torchvision
 
 ArrayLike = torch.Tensor | np.ndarray
 
@@ -107,7 +106,12 @@ def scale_boxes(
 
 def box_iou(boxes1: torch.Tensor, boxes2: torch.Tensor) -> torch.Tensor:
     """Pairwise IoU of corner boxes ``[N, 4]`` x ``[M, 4]`` -> ``[N, M]``."""
-    return torchvision.ops.box_iou(boxes1, boxes2)
+    top_left = torch.max(boxes1[:, None, :2], boxes2[None, :, :2])
+    bottom_right = torch.min(boxes1[:, None, 2:], boxes2[None, :, 2:])
+    inter = (bottom_right - top_left).clamp(min=0).prod(2)
+    area1 = (boxes1[:, 2:] - boxes1[:, :2]).prod(1)
+    area2 = (boxes2[:, 2:] - boxes2[:, :2]).prod(1)
+    return inter / (area1[:, None] + area2[None, :] - inter)
 
 
 def bbox_iou(

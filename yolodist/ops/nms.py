@@ -1,11 +1,11 @@
-"""Non-maximum suppression over decoded YOLO predictions, on torchvision's NMS kernel."""
+"""Non-maximum suppression over decoded YOLO predictions, on torchvision's NMS kernel (``ops.kernels``)."""
 
 from __future__ import annotations
 
 import torch
-import torchvision
 
 from yolodist.ops.boxes import xywh2xyxy
+from yolodist.ops.kernels import nms
 
 
 def non_max_suppression(  # noqa: PLR0913 - upstream's signature
@@ -24,8 +24,9 @@ def non_max_suppression(  # noqa: PLR0913 - upstream's signature
     A box's confidence for a class is obj * cls. With ``multi_label`` every class above ``conf_thres``
     yields a box (used for mAP); otherwise only the best class. ``classes`` keeps only those class ids.
     At most ``max_nms`` boxes (highest confidence) enter NMS and ``max_det`` leave it, by confidence.
-    Classes are kept apart by ``torchvision.ops.batched_nms``; ``max_wh`` (upstream's fixed class
-    offset) is accepted for upstream's signature and not needed. The eval-mode model output
+    Classes are kept apart by offsetting each class's boxes past the others (torchvision's
+    ``batched_nms`` does the same); ``max_wh`` (upstream's fixed class offset) is accepted for
+    upstream's signature and not needed. The eval-mode model output
     ``(decoded, raw)`` may be passed as is. A threshold outside 0-1 is a ``ValueError``.
     """
     if not 0 <= conf_thres <= 1:
@@ -62,10 +63,11 @@ def _candidates(x: torch.Tensor, conf_thres: float, multi_label: bool) -> torch.
 
 def _nms_keep(det: torch.Tensor, iou_thres: float, agnostic: bool) -> torch.Tensor:
     """Indices of ``det`` ``[n, 6]`` kept by per-class (or agnostic) NMS, highest confidence first."""
-    boxes, scores = det[:, :4].float(), det[:, 4].float()  # float16 overflows batched_nms's class offsets
+    boxes, scores = det[:, :4].float(), det[:, 4].float()  # float16 overflows the class offsets
     if agnostic:
-        return torchvision.ops.nms(boxes, scores, iou_thres)
-    # batched_nms offsets each class by the largest coordinate, which keeps classes apart only when no
-    # coordinate is negative; boxes reaching past the top or left edge are shifted (IoU is unchanged).
+        return nms(boxes, scores, iou_thres)
+    # Each class is moved past every box of the classes before it, so boxes of different classes
+    # never overlap; boxes reaching past the top or left edge are shifted first (IoU is unchanged).
     boxes = boxes - boxes.amin().clamp(max=0)
-    return torchvision.ops.batched_nms(boxes, scores, det[:, 5], iou_thres)
+    offsets = det[:, 5:6].float() * (boxes.amax() + 1)
+    return nms(boxes + offsets, scores, iou_thres)
