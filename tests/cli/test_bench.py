@@ -42,20 +42,21 @@ def test_accuracy_bench_trains_scores_and_reuses_runs(tmp_path):
 
 
 @pytest.mark.timeout(400)
-def test_train_speed_bench_times_each_variant_and_reports_medians(tmp_path):
+def test_train_speed_bench_times_each_variant(tmp_path):
     """Our trainer with and without channels-last (upstream's venv is too big for the test suite)."""
     out = tmp_path / "speed.json"
     args = [str(ROOT / "bench" / "train_speed.py"), "--models", "yolov5n", "--variants", "yolodist", "contiguous"]
-    args += ["--rounds", "2", "--img", "64", "--train-images", "32", "--epochs", "2"]
+    args += ["--rounds", "1", "--img", "64", "--train-images", "32", "--epochs", "2"]
     args += ["--work", str(tmp_path / "work"), "--out", str(out)]
     proc = run_script(args, cwd=tmp_path, timeout=380)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     results = json.loads(out.read_text())["results"]
     assert [r["variant"] for r in results] == ["yolodist", "contiguous"]
     for r in results:
-        assert len(r["rounds"]) == 2 and all(len(x["epoch_images_per_s"]) == 1 for x in r["rounds"])  # epoch 0 left out
-        rates = [x["images_per_s"] for x in r["rounds"]]
-        assert r["images_per_s"] == {"median": sum(rates) / 2, "min": min(rates), "max": max(rates)}
+        (run,) = r["rounds"]
+        assert len(run["epoch_images_per_s"]) == 1  # epoch 0 left out
+        rate = run["images_per_s"]
+        assert rate > 0 and r["images_per_s"] == {"median": rate, "min": rate, "max": rate}
         assert r["command_s"]["min"] > 0
     logs = {v: (tmp_path / "work" / "logs" / f"yolov5n-{v}.log").read_text() for v in ("yolodist", "contiguous")}
     assert "channels-last tensors" in logs["yolodist"] and "contiguous (NCHW) tensors" in logs["contiguous"]

@@ -28,7 +28,8 @@ TINY = [
 ]
 
 
-def train(tmp_path: Path, data: Path, *extra: str, name: str = "exp") -> tuple[Path, str]:
+def train(tmp_path: Path, data: Path, *extra: str, name: str = "exp", plots: bool = False) -> tuple[Path, str]:
+    """A tiny training run; without ``plots`` it draws none (3 s of each run), as --noplots."""
     proc = run_script(
         [
             str(ROOT / "train.py"),
@@ -40,6 +41,7 @@ def train(tmp_path: Path, data: Path, *extra: str, name: str = "exp") -> tuple[P
             "--name",
             name,
             *extra,
+            *([] if plots or "--noplots" in extra else ["--noplots"]),
         ],
         cwd=tmp_path,
     )
@@ -64,7 +66,7 @@ def test_help_lists_the_flags(tmp_path):
 
 
 def test_two_epochs_write_the_run(tmp_path, tiny_shapes):
-    run, out = train(tmp_path, tiny_shapes, "--epochs", "2")
+    run, out = train(tmp_path, tiny_shapes, "--epochs", "2", plots=True)
     for f in ("weights/last.pt", "weights/best.pt", "results.csv", "hyp.yaml", "opt.yaml"):
         assert (run / f).is_file(), f
     rows = list(csv.reader(open(run / "results.csv")))

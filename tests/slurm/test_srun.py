@@ -17,7 +17,7 @@ pytestmark = pytest.mark.timeout(400)
 
 def test_srun_tasks_train_as_one_ddp_job(slurm_cluster, tmp_path, tiny_shapes):
     """srun -n 2 python train.py: one run of 2 processes, equal bit for bit to torchrun's 2-process run."""
-    common = [*invariance_args(tiny_shapes, tmp_path), "--sync-bn", "--noplots"]
+    common = [*invariance_args(tiny_shapes, tmp_path), "--sync-bn"]
     proc, launched = concurrently(
         lambda: slurm_cluster.run(
             "srun", "-n", "2", sys.executable, *common, "--name", "srun", timeout=300, cwd=tmp_path
@@ -40,7 +40,7 @@ def test_srun_tasks_train_as_one_ddp_job(slurm_cluster, tmp_path, tiny_shapes):
 
 def test_srun_torchrun_lets_torchrun_describe_the_job(slurm_cluster, tmp_path, tiny_shapes):
     """srun -n 1 torchrun --nproc_per_node 2 (one launcher per node): torchrun's variables win over SLURM's."""
-    common = [*invariance_args(tiny_shapes, tmp_path), "--epochs", "1", "--noplots", "--name", "nested"]
+    common = [*invariance_args(tiny_shapes, tmp_path), "--epochs", "1", "--name", "nested"]
     proc = slurm_cluster.run(
         "srun", "-n", "1", sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
         "--master_addr", "127.0.0.1", "--master_port", str(free_port()), *common, timeout=300, cwd=tmp_path,
@@ -52,7 +52,7 @@ def test_srun_torchrun_lets_torchrun_describe_the_job(slurm_cluster, tmp_path, t
 
 
 def test_srun_of_one_task_is_one_process(slurm_cluster, tmp_path, tiny_shapes):
-    common = [*invariance_args(tiny_shapes, tmp_path), "--epochs", "1", "--noplots", "--name", "one"]
+    common = [*invariance_args(tiny_shapes, tmp_path), "--epochs", "1", "--name", "one"]
     proc = slurm_cluster.run("srun", "-n", "1", sys.executable, *common, timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     assert "1 process(es) x 8 images" in proc.stdout + proc.stderr

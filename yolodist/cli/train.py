@@ -217,9 +217,9 @@ def main(argv: list[str] | None = None) -> int:
                 join_timeout_s=args.dist_timeout,
             )
             return launcher.launch(where, "yolodist.cli", ["train", *strip_launch_flags(argv)])
+        cfg = config_from_args(args)
         from yolodist.engine.trainer import train  # heavy imports only after the flags are fine
 
-        cfg = config_from_args(args)
         if cfg.evolve:
             from yolodist.evolve.loop import evolve
 
