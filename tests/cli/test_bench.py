@@ -1,10 +1,16 @@
-"""The scaling benchmark runs end to end and writes what it printed (figures are not checked here)."""
+"""The benchmarks run end to end and write what they printed (figures are not checked here).
+
+The slow layer's (make test-slow): they are tools that time the trainer, whose every path make test
+covers on its own, and they cost two minutes of the 2-core suite.
+"""
 
 import json
 
 import pytest
 
 from tests.conftest import ROOT, run_script
+
+pytestmark = pytest.mark.slow
 
 
 @pytest.mark.dist

@@ -172,6 +172,7 @@ def test_node_never_joins_launch_shortcut(tmp_path, tiny_shapes):
 
 @pytest.mark.timeout(200)
 @pytest.mark.timing
+@pytest.mark.slow  # torchrun's own --standalone ports; make test keeps our shortcut's stacked jobs (below)
 def test_stacked_standalone_jobs(tmp_path, tiny_shapes):
     """L8: two --standalone jobs of two ranks each, started together, train apart and write apart."""
     project = tmp_path / "runs"

@@ -58,7 +58,14 @@ def test_srun_of_one_task_is_one_process(slurm_cluster, tmp_path, tiny_shapes):
     assert "1 process(es) x 8 images" in proc.stdout + proc.stderr
 
 
-@pytest.mark.parametrize(("dead", "line"), [(1, "rank(s) 1 of 2 never joined within 10 s"), (0, "rank 0 never opened")])
+@pytest.mark.parametrize(
+    ("dead", "line"),
+    [
+        (1, "rank(s) 1 of 2 never joined within 10 s"),
+        # The slow layer's: the same wait for the other tasks, seen from the ranks that are not rank 0.
+        pytest.param(0, "rank 0 never opened", marks=pytest.mark.slow),
+    ],
+)
 def test_a_task_that_never_joins_is_named_by_the_ranks_that_did(slurm_cluster, tmp_path, tiny_shapes, dead, line):
     """One task of two exits before joining: the other ends within --dist-timeout with one line naming it."""
     common = [*invariance_args(tiny_shapes, tmp_path), "--dist-timeout", "10", "--name", "partial"]
