@@ -22,12 +22,14 @@ lint: $(STAMP)
 	$(VENV)/bin/hadolint Dockerfile
 
 # pyproject's addopts leave out the tests marked slow; test-slow runs only them. The tests run two at
-# a time (pytest-xdist; a file's tests on one worker, so its fixtures are built once), except those
-# marked timing (a timeout, a signal or a launcher's failure detection is part of what they check),
-# which then run one at a time with both cores to themselves.
+# a time (pytest-xdist; a file's tests on one worker, so its fixtures are built once). Those marked
+# timing (a timeout, a signal or a launcher's failure detection is part of what they check) then run
+# two at a time among themselves, where most of them wait rather than compute; last, the SLURM tests,
+# which share one cluster, one at a time.
 test: lint
 	OMP_NUM_THREADS=1 $(PY) -m pytest -m 'not slow and not timing' -n 2 --dist loadfile --durations=15
-	OMP_NUM_THREADS=1 $(PY) -m pytest -m 'not slow and timing' --durations=15
+	OMP_NUM_THREADS=1 $(PY) -m pytest -m 'not slow and timing' -n 2 --dist load --ignore tests/slurm --durations=15
+	OMP_NUM_THREADS=1 $(PY) -m pytest tests/slurm --durations=15
 
 test-slow: $(STAMP)
 	OMP_NUM_THREADS=1 $(PY) -m pytest -m slow
