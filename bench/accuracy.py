@@ -1,6 +1,6 @@
 """Accuracy against upstream YOLOv5 7.0 at identical settings, both runs' best.pt scored by one validator.
 
-    python bench/accuracy.py [--settings 320 192] [--seeds 0 1] [--trainers yolodist upstream]
+    python bench/accuracy.py [--settings 320 192] [--seeds 0 1] [--trainers yolodist upstream full-decode]
                              [--work DIR] [--out JSON]
 
 For each setting and seed, yolodist's ``train.py`` and upstream's ``yolov5 train`` (PyPI package
@@ -15,6 +15,9 @@ added later and an interrupted bench continues where it stopped.
 Settings (``--settings``):
 
 - ``320``: 512 training / 128 validation images of 320 px, 30 epochs, batch 16, 2 workers, 1 thread.
+- ``320from640``: the same training at 320 px from images of 640 px, where train.py's default
+  ``--scaled-decode`` lets the JPEG decoder halve them (trainer ``full-decode``: yolodist with
+  ``--no-scaled-decode``, the full decode and resize upstream does).
 - ``192``: 1,024 / 256 images of 192 px, 14 epochs, batch 16, 1 worker, 1 thread (docs/training.md).
 - ``smoke``: 16 / 8 images of 64 px, 1 epoch: checks that the bench runs, not accuracy.
 
@@ -45,7 +48,9 @@ UPSTREAM = "yolov5==7.0.14"
 # What upstream 7.0 needs beside torch 2.14 (newer numpy/pandas/OpenCV/setuptools break it).
 UPSTREAM_PINS = ["torch==2.14.1", "torchvision==0.29.1", "numpy<2", "pandas<2.3", "opencv-python-headless<4.10"]
 UPSTREAM_PINS += ["setuptools<81"]
-TRAINERS = ("yolodist", "upstream")
+TRAINERS = ("yolodist", "upstream", "full-decode")
+TRAINER_FLAGS = {"yolodist": [], "full-decode": ["--no-scaled-decode"]}  # yolodist's trainers
+DATA_SIDES = ("yolodist", "upstream")  # one copy of the data per code base
 ALL_ROW = re.compile(r"^\s*all\s+(\d+)\s+(\d+)\s+(\S+)\s+(\S+)\s+(\S+)\s+(\S+)\s*$", re.MULTILINE)
 
 
@@ -58,10 +63,12 @@ class Setting:
     workers: int
     threads: int  # OMP_NUM_THREADS for both trainers: one each, so that --jobs 2 runs fill 2 cores exactly
     batch: int = 16
+    source: int | None = None  # the generated images' size (None: img)
 
 
 SETTINGS = {
     "320": Setting(img=320, epochs=30, n_train=512, n_val=128, workers=2, threads=1),
+    "320from640": Setting(img=320, epochs=30, n_train=512, n_val=128, workers=2, threads=1, source=640),
     "192": Setting(img=192, epochs=14, n_train=1024, n_val=256, workers=1, threads=1),
     "smoke": Setting(img=64, epochs=1, n_train=16, n_val=8, workers=0, threads=1, batch=8),
 }
@@ -108,9 +115,10 @@ def datasets(name: str, s: Setting, work: Path) -> dict[str, Path]:
     from yolodist.data.synthetic import ensure_shapes
 
     base = work / "data" / name
-    source = ensure_shapes(base / "shapes", n_train=s.n_train, n_val=s.n_val, img_size=s.img, seed=0).parent
+    size = s.source or s.img
+    source = ensure_shapes(base / "shapes", n_train=s.n_train, n_val=s.n_val, img_size=size, seed=0).parent
     out = {}
-    for trainer in TRAINERS:
+    for trainer in DATA_SIDES:
         root = base / trainer
         if not (root / "done").is_file():
             shutil.rmtree(root, ignore_errors=True)
@@ -120,6 +128,11 @@ def datasets(name: str, s: Setting, work: Path) -> dict[str, Path]:
             (root / "done").touch()
         out[trainer] = root / "shapes.yaml"
     return out
+
+
+def side(trainer: str) -> str:
+    """Which copy of the data a trainer reads."""
+    return "upstream" if trainer == "upstream" else "yolodist"
 
 
 def train(trainer: str, name: str, s: Setting, seed: int, data: Path, work: Path) -> Path:
@@ -132,8 +145,8 @@ def train(trainer: str, name: str, s: Setting, seed: int, data: Path, work: Path
     args = ["--data", str(data), "--cfg", "yolov5n.yaml", "--weights", "", "--img", str(s.img)]
     args += ["--batch", str(s.batch), "--epochs", str(s.epochs), "--workers", str(s.workers), "--seed", str(seed)]
     args += ["--device", "cpu", "--noplots", "--project", str(project), "--name", run_dir.name]
-    if trainer == "yolodist":
-        cmd, env = [sys.executable, str(ROOT / "train.py"), *args], base_env(s.threads)
+    if trainer in TRAINER_FLAGS:
+        cmd, env = [sys.executable, str(ROOT / "train.py"), *args, *TRAINER_FLAGS[trainer]], base_env(s.threads)
     else:
         python = upstream_python(work)
         cmd, env = [str(python), "-m", "yolov5.train", *args], upstream_env(work, s.threads)
@@ -182,7 +195,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--settings", nargs="+", choices=sorted(SETTINGS), default=["320", "192"])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    parser.add_argument("--trainers", nargs="+", choices=TRAINERS, default=list(TRAINERS))
+    parser.add_argument("--trainers", nargs="+", choices=TRAINERS, default=list(DATA_SIDES))
     parser.add_argument("--jobs", type=int, default=1, help="trainings at once (each uses its setting's threads)")
     parser.add_argument("--work", type=Path, default=ROOT / ".cache" / "accuracy", help="data, venv and runs")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "accuracy.json")
@@ -195,7 +208,9 @@ def main() -> None:
     # Both trainers of one (setting, seed) are neighbours in the queue, so they share the machine alike.
     tasks = [(name, seed, t) for name in args.settings for seed in args.seeds for t in args.trainers]
     with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-        run_dirs = list(pool.map(lambda k: train(k[2], k[0], SETTINGS[k[0]], k[1], data[k[0]][k[2]], work), tasks))
+        run_dirs = list(
+            pool.map(lambda k: train(k[2], k[0], SETTINGS[k[0]], k[1], data[k[0]][side(k[2])], work), tasks)
+        )
     results = []
     for (name, seed, trainer), run_dir in zip(tasks, run_dirs, strict=True):
         s = SETTINGS[name]

@@ -17,7 +17,9 @@ measured, and ``--no-upstream`` skips it on purpose). Variants: every ``--sizes`
 0 workers (loading in the training process itself, so the figure is per core) and with
 ``--workers`` workers, reading the JPEG files or the RAM image cache (yolodist's
 ``cache_images="ram"``, filled by the dataset's ``prepare_cache()`` before the loader starts, as the
-trainer does; upstream's ``cache='ram'``, filled by its dataset's constructor). Every process of
+trainer does; upstream's ``cache='ram'``, filled by its dataset's constructor). yolodist's JPEG
+variants are measured twice: as train.py trains by default (JPEGs at least twice the image size
+shrunk by the decoder) and with ``--no-scaled-decode`` (full decode, then resize). Every process of
 either side computes on one thread: OpenCV sequential, torch one thread, ``OMP_NUM_THREADS=1``.
 After one warm-up batch (worker start-up), ``--batches`` batches are timed. The two sides take turns
 within each variant, the first of the pair swapping every round, for ``--rounds`` rounds; each
@@ -58,7 +60,8 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 RATE_SCRIPT = ROOT / "bench" / "loader_rate.py"
 PARTS = ("speed", "memory")
-IMPLS = ("yolodist", "upstream")
+# "full-decode": yolodist with --no-scaled-decode (JPEG variants only: a cache holds decoded pixels).
+IMPLS = ("yolodist", "full-decode", "upstream")
 BATCH = 16
 MEMORY_BATCH, MEMORY_WORKERS, MEMORY_MODEL = 8, 2, "yolov5n.yaml"
 MIB = 2**20
@@ -93,6 +96,8 @@ def loader_rate(
     flags = ["--impl", impl, "--images", str(images), "--img", str(img), "--batch", str(BATCH)]
     flags += ["--workers", str(workers), "--batches", str(args.batches), "--warmup", "1"]
     flags += ["--cache"] if cache else []
+    if impl == "full-decode":
+        flags = ["--impl", "yolodist", *flags[2:], "--no-scaled-decode"]
     if impl == "upstream":
         python, env = upstream, accuracy.upstream_env(args.work, 1)
         env["PIN_MEMORY"] = "False"  # upstream pins by default; yolodist's loader does not, and no GPU reads these
@@ -110,8 +115,8 @@ def variant_name(img: int, workers: int, cache: bool) -> str:
 
 
 def measure_speed(data: dict[str, Path], args: argparse.Namespace, upstream: Path | None) -> list[dict]:
-    impls = [i for i in IMPLS if i == "yolodist" or upstream]
-    images = {impl: data[impl].parent / "images" / "train" for impl in impls}
+    impls = [i for i in IMPLS if i != "upstream" or upstream]
+    images = {impl: data[impl if impl == "upstream" else "yolodist"].parent / "images" / "train" for impl in impls}
     workers = sorted({0, args.workers})
     variants = [(img, w, cache) for img in args.sizes for w in workers for cache in (False, True)]
     runs: dict[tuple, dict[str, list[dict]]] = {v: {i: [] for i in impls} for v in variants}
@@ -119,6 +124,8 @@ def measure_speed(data: dict[str, Path], args: argparse.Namespace, upstream: Pat
         order = impls if r % 2 == 0 else impls[::-1]
         for v in variants:
             for impl in order:
+                if impl == "full-decode" and v[2]:
+                    continue
                 res = loader_rate(impl, images[impl], *v, args, upstream)
                 runs[v][impl].append(res)
                 print(f"round {r} {variant_name(*v):>16} {impl:>9}: {res['images_per_s']:7.1f} images/s", flush=True)
@@ -304,14 +311,15 @@ def report(results: list[dict], args: argparse.Namespace, upstream: Path | None)
     speed = [r for r in results if r["part"] == "speed"]
     if speed:
         print("\nimages/s median [min, max]; 0 workers = per core")
-        print(f"{'variant':>16}  {'yolodist':>24}  {'upstream':>24}  ratio")
+        print(f"{'variant':>16}  {'yolodist':>24}  {'--no-scaled-decode':>24}  {'upstream':>24}  ratio")
         for r in speed:
             cells = []
             for impl in IMPLS:
                 s = r[impl]
                 cells.append(f"{s['median']:7.1f} [{s['min']:.1f}, {s['max']:.1f}]" if s else "-")
             ratio = f"{r['ratio']:.2f}x" if r["ratio"] else "-"
-            print(f"{variant_name(r['img'], r['workers'], r['cache']):>16}  {cells[0]:>24}  {cells[1]:>24}  {ratio}")
+            name = variant_name(r["img"], r["workers"], r["cache"])
+            print(f"{name:>16}  {cells[0]:>24}  {cells[1]:>24}  {cells[2]:>24}  {ratio}")
     memory = [r for r in results if r["part"] == "memory_summary"]
     if memory:
         where = f"--img {args.memory_img}, batch {MEMORY_BATCH}"

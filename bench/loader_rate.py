@@ -2,6 +2,7 @@
 
     PYTHON bench/loader_rate.py --impl yolodist|upstream --images DIR --img 640 [--batch 16]
                                 [--workers 2] [--cache] [--batches 20] [--warmup 1]
+                                [--no-scaled-decode]
 
 bench/input_pipeline.py runs this once per measurement, with upstream's virtual environment's Python
 for ``--impl upstream`` (that environment has no yolodist, so each side imports only its own code).
@@ -56,6 +57,7 @@ def yolodist_loader(args: argparse.Namespace) -> tuple[Iterator, int, float]:
         seed=0,
         workers=args.workers,
         prefix="train: ",
+        scaled_decode=args.scaled_decode,
     )
     prepare = getattr(dataset, "prepare_cache", None)
     if args.cache and prepare is not None:  # the node-wide cache is made (or opened) by this call, as the trainer does
@@ -113,6 +115,12 @@ def main() -> None:
     parser.add_argument("--cache", action="store_true", help="the RAM image cache")
     parser.add_argument("--batches", type=int, default=20, help="timed batches")
     parser.add_argument("--warmup", type=int, default=1, help="batches before the timing starts")
+    parser.add_argument(
+        "--scaled-decode",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="yolodist: JPEGs shrunk by the decoder, train.py's default (--no-scaled-decode: full decode, then resize)",
+    )
     args = parser.parse_args()
     cv2.setNumThreads(0)
     torch.set_num_threads(1)

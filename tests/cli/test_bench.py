@@ -86,6 +86,9 @@ def test_input_pipeline_bench_times_loaders_and_measures_training_memory(tmp_pat
         (run,) = r["rounds"]["yolodist"]
         assert run["images"] == 32 and run["images_per_s"] > 0  # 2 timed batches of 16
         assert r["yolodist"] == {"median": run["images_per_s"], "min": run["images_per_s"], "max": run["images_per_s"]}
+    # --no-scaled-decode is measured beside the default on JPEGs only (a cache holds decoded pixels).
+    assert speed[0]["full-decode"]["median"] > 0 and len(speed[0]["rounds"]["full-decode"]) == 1
+    assert speed[1]["full-decode"] is None and not speed[1]["rounds"]["full-decode"]
     memory = [r for r in results if r["part"] == "memory"]
     assert [(r["ranks"], r["cache"]) for r in memory] == [(1, None), (1, "ram")]
     assert all(r["peak_pss_mib"] > 50 and r["processes_at_peak"] >= 1 and r["samples"] >= 1 for r in memory)
@@ -96,3 +99,18 @@ def test_input_pipeline_bench_times_loaders_and_measures_training_memory(tmp_pat
     (size,) = [r for r in results if r["part"] == "memory_cache_size"]
     assert 0 < size["mib"]["train"] <= 16 * 96 * 96 * 3 / 2**20 and size["mib"]["val"] > 0
     assert "images/s median" in proc.stdout and "peak PSS" in proc.stdout
+
+
+@pytest.mark.timeout(240)
+def test_step_probe_times_each_variant_and_profiles(tmp_path):
+    out = tmp_path / "step.json"
+    args = [str(ROOT / "bench" / "step_probe.py"), "--img", "64", "--batch", "2", "--steps", "1", "--rounds", "1"]
+    args += ["--variants", "eager", "contiguous", "--profile", "--out", str(out)]
+    proc = run_script(args, cwd=tmp_path, timeout=220)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    results = json.loads(out.read_text())["results"]
+    assert [r["variant"] for r in results] == ["eager", "contiguous"]
+    assert all(len(r["images_per_s"]) == 1 and r["images_per_s"][0] > 0 for r in results)
+    (shares,) = results[0]["shares"]
+    assert abs(sum(shares.values()) - 1) < 1e-6 and shares["convolution"] > 0
+    assert "shares" not in results[1]  # the profile is of the default step only

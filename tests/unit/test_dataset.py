@@ -161,7 +161,7 @@ def test_a_jpeg_truncated_after_the_scan_is_not_trained_on(tmp_path, caplog, mon
     used = []
     for name in ("read_image", "read_verified"):
         original = getattr(dataset_module, name)
-        monkeypatch.setattr(dataset_module, name, lambda f, _o=original, _n=name: used.append((_n, f)) or _o(f))
+        monkeypatch.setattr(dataset_module, name, lambda f, *a, _o=original, _n=name: used.append((_n, f)) or _o(f, *a))
     ds[1]
     assert [n for n, _ in used] == ["read_verified"]
     used.clear()

@@ -123,6 +123,13 @@ def _add_own_flags(p: argparse.ArgumentParser) -> None:
         default=True,
         help="train with channels-last tensors (faster convolutions on oneDNN and cuDNN)",
     )
+    p.add_argument(
+        "--scaled-decode",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="let libjpeg shrink training JPEGs at least twice --img by 2, 4 or 8 while decoding (faster; "
+        "--no-scaled-decode: full decode, then resize, as upstream)",
+    )
 
 
 _NO_WANDB = (

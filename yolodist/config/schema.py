@@ -121,9 +121,11 @@ class TrainConfig:
     nbs: int = 64
     dist_timeout: float = 1800.0
     min_warmup_iters: int = 100
-    # Speed levers (not upstream flags): autocast precision and the convolutions' memory layout.
+    # Speed levers (not upstream flags): autocast precision, the convolutions' memory layout, and
+    # JPEG decoding shrunk by the decoder for training images at least twice imgsz.
     amp: str = "auto"
     channels_last: bool = True
+    scaled_decode: bool = True
     # Hyperparameter evolution: how many generations (trainings) in all; None trains once.
     evolve: int | None = None
 

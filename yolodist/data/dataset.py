@@ -100,10 +100,13 @@ class YoloDataset(Dataset):
         prefix: str = "",
         workers: int = 8,
         image_weights: bool = False,
+        scaled_decode: bool = False,
     ) -> None:
         if cache_images not in (None, "ram", "disk"):
             raise ValueError(f"cache_images must be None, 'ram' or 'disk', got {cache_images!r}")
         self.img_size, self.augment, self.rect, self.seed = img_size, augment, rect, seed
+        # Training images at least twice img_size may be shrunk inside the JPEG decoder (images.py).
+        self.scaled_decode = scaled_decode and augment
         self.batch_size, self.stride, self.prefix = batch_size, stride, prefix
         self.hyp = hyp or Hyp()
         sources = [Path(s) for s in sources]
@@ -164,7 +167,10 @@ class YoloDataset(Dataset):
     # ------------------------------------------------------------------ loading
     @property
     def _interp(self) -> str:
-        return "linear" if self.augment else "area"
+        """How images are brought to img_size (part of the image cache's key)."""
+        if not self.augment:
+            return "area"
+        return "jpeg-dct+linear" if self.scaled_decode else "linear"
 
     def cache_plan(self) -> tuple[Path, Plan]:
         """Where this dataset's image cache lives and its layout (``cache_images`` must be set)."""
@@ -190,11 +196,14 @@ class YoloDataset(Dataset):
     def _decode_resize(self, i: int) -> tuple[np.ndarray, tuple[int, int]]:
         f = self.im_files[i]
         stamp = _stamp(f)
-        # A file changed since the scan goes through the strict decoder (it reports truncation).
-        img = read_verified(f) if stamp is not None and stamp == self._stamps[i] else read_image(f)
-        h0, w0 = img.shape[:2]
+        if stamp is not None and stamp == self._stamps[i]:
+            img = read_verified(f, self.img_size if self.scaled_decode else None)
+            w0, h0 = (int(x) for x in self.shapes[i])  # the scan's: the decoder may have shrunk the image
+        else:  # changed since the scan: the strict decoder (it reports truncation)
+            img = read_image(f)
+            h0, w0 = img.shape[:2]
         h, w = resized_shape(h0, w0, self.img_size)
-        if (h, w) != (h0, w0):
+        if (h, w) != img.shape[:2]:
             # INTER_AREA gives the cleanest downscale for evaluation; training keeps upstream's LINEAR.
             interp = cv2.INTER_LINEAR if (self.augment or h > h0) else cv2.INTER_AREA
             img = cv2.resize(img, (w, h), interpolation=interp)

@@ -134,6 +134,7 @@ def build_data(cfg: TrainConfig, env: DistEnv, hyp: Hyp, stride: int, spec: Data
             prefix="train: ",
             workers=cfg.workers,
             image_weights=cfg.image_weights,
+            scaled_decode=cfg.scaled_decode,
         )
     # One process per node decodes every image into the shared cache; the others map what it made.
     with main_first(env, local=True, name="train-images"):
