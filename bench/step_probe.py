@@ -1,25 +1,32 @@
 """The training step alone (no data loading): images/s of forward, loss, backward, optimiser and EMA.
 
     python bench/step_probe.py [--model yolov5n] [--img 320] [--batch 16] [--steps 10] [--rounds 2]
-                               [--variants eager contiguous compile] [--profile] [--out JSON]
+                               [--variants eager contiguous compile] [--profile] [--layers] [--out JSON]
 
 What bench/train_speed.py's loop figure is made of, lever by lever, on one fixed random batch (96
 boxes over 6 classes): ``eager`` is train.py's default step (channels-last, float32), ``contiguous``
 the same with NCHW tensors, ``compile`` the eager step with the model under ``torch.compile``
-(inductor; its compile time, the first step, is reported apart). Each measurement is a fresh process
-with torch's default threads: 3 warm-up steps, then ``--steps`` timed; the variants take turns for
-``--rounds`` rounds, and each figure is the median with min and max. ``--profile`` adds the share of
+(inductor; its compile time, the first step, is reported apart, from an empty inductor cache each
+time: what a machine's first training pays; later runs reuse the cache and compile in seconds).
+Each measurement is a fresh process with torch's default threads: 3 warm-up steps, then
+``--steps`` timed; the variants take turns for ``--rounds`` rounds, and each figure is the median
+with min and max. ``--profile`` adds the share of
 the step's time by kind of operator (convolutions, normalisation and activation, the rest), from
-torch's profiler over 3 eager steps. Results go to bench/results/step_probe.json.
+torch's profiler over 3 eager steps. ``--layers`` then times every convolution of the model alone,
+forward and backward at its own input shape, in the four implementations torch has on a CPU: oneDNN
+and torch's own im2col path, each channels-last and NCHW (median of 3 after 2 warm-ups), and prints
+which is fastest per layer. Results go to bench/results/step_probe.json.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -111,8 +118,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
+    parser.add_argument("--variants", nargs="*", choices=VARIANTS, default=list(VARIANTS), help="none: --layers only")
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--layers", action="store_true", help="time each convolution alone in each implementation")
     parser.add_argument("--variant", choices=VARIANTS, help=argparse.SUPPRESS)  # one measurement, in a child
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "step_probe.json")
     args = parser.parse_args()
@@ -124,7 +132,9 @@ def main() -> None:
         for variant in args.variants:
             cmd = [sys.executable, __file__, "--variant", variant, "--model", args.model, "--img", str(args.img)]
             cmd += ["--batch", str(args.batch), "--steps", str(args.steps)] + (["--profile"] if args.profile else [])
-            proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+            with tempfile.TemporaryDirectory() as cache:
+                env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=cache)  # a cold compile every time
+                proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
             lines = [x for x in proc.stdout.splitlines() if x.startswith("{")]
             if proc.returncode or not lines:
                 raise SystemExit(f"{variant} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
@@ -150,7 +160,57 @@ def report(runs: dict[str, list[dict]], args: argparse.Namespace) -> None:
             print("            " + ", ".join(f"{k} {v:.0%}" for k, v in shares.items()))
             results[-1].setdefault("shares", []).append(shares)
     settings = {k: v for k, v in vars(args).items() if k not in ("out", "variant")}
+    if args.layers:
+        results.append({"variant": "layers", "convolutions": conv_layers(args)})
     accuracy.write_results(args.out, settings, results)
+
+
+def conv_layers(args: argparse.Namespace) -> list[dict]:
+    """Milliseconds of each convolution's forward + backward in each implementation (in this process)."""
+    sys.path.insert(0, str(ROOT))
+    import torch
+    from torch import nn
+
+    from yolodist.models import Model
+
+    model = Model(f"{args.model}.yaml", ch=3, nc=6)
+    seen: list[tuple[nn.Conv2d, tuple]] = []
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    hooks = [m.register_forward_hook(lambda m, i, o: seen.append((m, tuple(i[0].shape)))) for m in convs]
+    with torch.no_grad():
+        model(torch.rand(args.batch, 3, args.img, args.img))
+    for h in hooks:
+        h.remove()
+    impls = {"onednn nhwc": (True, True), "onednn nchw": (True, False), "im2col nhwc": (False, True)}
+    impls["im2col nchw"] = (False, False)
+    rows = []
+    for i, (conv, shape) in enumerate(seen):
+        times = {name: conv_ms(conv, shape, i > 0, *how) for name, how in impls.items()}
+        rows.append({"input": list(shape), "out_channels": conv.out_channels, "kernel": conv.kernel_size[0]})
+        rows[-1] |= {"stride": conv.stride[0], "ms": times, "fastest": min(times, key=times.get)}
+        name = f"{shape[1]}->{conv.out_channels} k{conv.kernel_size[0]} s{conv.stride[0]} at {shape[2]}x{shape[3]}"
+        print(
+            f"{name:>26}  " + "  ".join(f"{k} {v:6.1f}" for k, v in times.items()) + f"  fastest: {rows[-1]['fastest']}"
+        )
+    torch.backends.mkldnn.enabled = True
+    return rows
+
+
+def conv_ms(conv, shape: tuple, input_grad: bool, onednn: bool, nhwc: bool) -> float:
+    import torch
+    from torch import nn
+
+    torch.backends.mkldnn.enabled = onednn
+    layout = torch.channels_last if nhwc else torch.contiguous_format
+    c = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, bias=False)
+    c = c.to(memory_format=layout)
+    x = torch.rand(shape).contiguous(memory_format=layout).requires_grad_(input_grad)  # the image needs no gradient
+    times = []
+    for _ in range(5):
+        started = time.perf_counter()
+        c(x).sum().backward()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times[2:]) * 1000
 
 
 if __name__ == "__main__":

@@ -105,11 +105,14 @@ def test_input_pipeline_bench_times_loaders_and_measures_training_memory(tmp_pat
 def test_step_probe_times_each_variant_and_profiles(tmp_path):
     out = tmp_path / "step.json"
     args = [str(ROOT / "bench" / "step_probe.py"), "--img", "64", "--batch", "2", "--steps", "1", "--rounds", "1"]
-    args += ["--variants", "eager", "contiguous", "--profile", "--out", str(out)]
+    args += ["--variants", "eager", "contiguous", "--profile", "--layers", "--out", str(out)]
     proc = run_script(args, cwd=tmp_path, timeout=220)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     results = json.loads(out.read_text())["results"]
-    assert [r["variant"] for r in results] == ["eager", "contiguous"]
+    assert [r["variant"] for r in results] == ["eager", "contiguous", "layers"]
+    layers = results.pop()["convolutions"]
+    assert len(layers) == 60 and layers[0]["input"] == [2, 3, 64, 64]  # YOLOv5n's convolutions, the stem first
+    assert all(len(r["ms"]) == 4 and r["fastest"] in r["ms"] and min(r["ms"].values()) > 0 for r in layers)
     assert all(len(r["images_per_s"]) == 1 and r["images_per_s"][0] > 0 for r in results)
     (shares,) = results[0]["shares"]
     assert abs(sum(shares.values()) - 1) < 1e-6 and shares["convolution"] > 0
