@@ -19,7 +19,9 @@ measured, and ``--no-upstream`` skips it on purpose). Variants: every ``--sizes`
 ``cache_images="ram"``, filled by the dataset's ``prepare_cache()`` before the loader starts, as the
 trainer does; upstream's ``cache='ram'``, filled by its dataset's constructor). yolodist's JPEG
 variants are measured twice: as train.py trains by default (JPEGs at least twice the image size
-shrunk by the decoder) and with ``--no-scaled-decode`` (full decode, then resize). Every process of
+shrunk by the decoder) and with ``--no-scaled-decode`` (full decode, then resize); every variant also
+with ``--general-warp`` (each mosaic painted whole and warped by ``cv2.warpAffine``, as before the
+scale-and-translate path: that path's share). Every process of
 either side computes on one thread: OpenCV sequential, torch one thread, ``OMP_NUM_THREADS=1``.
 After one warm-up batch (worker start-up), ``--batches`` batches are timed. The two sides take turns
 within each variant, the first of the pair swapping every round, for ``--rounds`` rounds; each
@@ -60,8 +62,10 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 RATE_SCRIPT = ROOT / "bench" / "loader_rate.py"
 PARTS = ("speed", "memory")
-# "full-decode": yolodist with --no-scaled-decode (JPEG variants only: a cache holds decoded pixels).
-IMPLS = ("yolodist", "full-decode", "upstream")
+# "full-decode": yolodist with --no-scaled-decode (JPEG variants only: a cache holds decoded pixels);
+# "general-warp": yolodist with bench/loader_rate.py's --general-warp.
+IMPLS = ("yolodist", "full-decode", "general-warp", "upstream")
+COLUMNS = {"yolodist": "yolodist", "full-decode": "--no-scaled-decode", "general-warp": "--general-warp"}
 BATCH = 16
 MEMORY_BATCH, MEMORY_WORKERS, MEMORY_MODEL = 8, 2, "yolov5n.yaml"
 MIB = 2**20
@@ -98,6 +102,8 @@ def loader_rate(
     flags += ["--cache"] if cache else []
     if impl == "full-decode":
         flags = ["--impl", "yolodist", *flags[2:], "--no-scaled-decode"]
+    if impl == "general-warp":
+        flags = ["--impl", "yolodist", *flags[2:], "--general-warp"]
     if impl == "upstream":
         python, env = upstream, accuracy.upstream_env(args.work, 1)
         env["PIN_MEMORY"] = "False"  # upstream pins by default; yolodist's loader does not, and no GPU reads these
@@ -311,7 +317,7 @@ def report(results: list[dict], args: argparse.Namespace, upstream: Path | None)
     speed = [r for r in results if r["part"] == "speed"]
     if speed:
         print("\nimages/s median [min, max]; 0 workers = per core")
-        print(f"{'variant':>16}  {'yolodist':>24}  {'--no-scaled-decode':>24}  {'upstream':>24}  ratio")
+        print(f"{'variant':>16}  " + "  ".join(f"{COLUMNS.get(i, i):>24}" for i in IMPLS) + "  ratio")
         for r in speed:
             cells = []
             for impl in IMPLS:
@@ -319,7 +325,7 @@ def report(results: list[dict], args: argparse.Namespace, upstream: Path | None)
                 cells.append(f"{s['median']:7.1f} [{s['min']:.1f}, {s['max']:.1f}]" if s else "-")
             ratio = f"{r['ratio']:.2f}x" if r["ratio"] else "-"
             name = variant_name(r["img"], r["workers"], r["cache"])
-            print(f"{name:>16}  {cells[0]:>24}  {cells[1]:>24}  {cells[2]:>24}  {ratio}")
+            print(f"{name:>16}  " + "  ".join(f"{c:>24}" for c in cells) + f"  {ratio}")
     memory = [r for r in results if r["part"] == "memory_summary"]
     if memory:
         where = f"--img {args.memory_img}, batch {MEMORY_BATCH}"

@@ -2,7 +2,7 @@
 
     PYTHON bench/loader_rate.py --impl yolodist|upstream --images DIR --img 640 [--batch 16]
                                 [--workers 2] [--cache] [--batches 20] [--warmup 1]
-                                [--no-scaled-decode]
+                                [--no-scaled-decode] [--general-warp]
 
 bench/input_pipeline.py runs this once per measurement, with upstream's virtual environment's Python
 for ``--impl upstream`` (that environment has no yolodist, so each side imports only its own code).
@@ -116,6 +116,12 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=20, help="timed batches")
     parser.add_argument("--warmup", type=int, default=1, help="batches before the timing starts")
     parser.add_argument(
+        "--general-warp",
+        action="store_true",
+        help="yolodist: warp every mosaic through cv2.warpAffine of its whole canvas, as before the "
+        "scale-and-translate path (measures that path's share; training has no such switch)",
+    )
+    parser.add_argument(
         "--scaled-decode",
         action=argparse.BooleanOptionalAction,
         default=True,
@@ -124,6 +130,11 @@ def main() -> None:
     args = parser.parse_args()
     cv2.setNumThreads(0)
     torch.set_num_threads(1)
+    if args.general_warp:
+        sys.path.insert(0, str(ROOT))
+        from yolodist.augment import geometry
+
+        geometry.is_scale_and_shift = lambda m: False  # the workers fork from here and keep it
     batches, workers, setup = (yolodist_loader if args.impl == "yolodist" else upstream_loader)(args)
     started = time.perf_counter()
     for _ in range(args.warmup):

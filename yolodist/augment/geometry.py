@@ -11,7 +11,7 @@ import math
 import cv2
 import numpy as np
 
-PAD_COLOR = (114, 114, 114)
+from yolodist.augment.canvas import PAD_COLOR, TiledImage, as_array, window
 
 
 def letterbox(
@@ -89,8 +89,55 @@ def _affine_matrix(
     return t @ sh @ rot @ p @ c, s  # order matters: the right-most is applied first
 
 
+def is_scale_and_shift(m: np.ndarray) -> bool:
+    """Whether the affine ``m`` only scales (by a positive factor per axis) and translates.
+
+    Upstream's hyperparameter files (degrees 0, shear 0, perspective 0) draw only such matrices.
+    """
+    return m[0, 1] == 0 and m[1, 0] == 0 and m[0, 0] > 0 and m[1, 1] > 0 and m[2, 0] == 0 and m[2, 1] == 0
+
+
+def _resize_window(start_of_output: float, k: float, length: int) -> tuple[int, int, int, float]:
+    """One axis of ``scale_and_shift``: (window start, window length, first output kept, source start used).
+
+    ``cv2.resize`` by ``k`` samples output pixel ``j`` of a window starting at the integer ``x0`` at
+    ``x0 + (j + 0.5) / k - 0.5``; keeping its outputs from ``j0`` on, output ``x`` samples
+    ``x0 + off + x / k`` with ``off = (j0 + 0.5) / k - 0.5``. ``j0`` is the first that needs no pixel
+    left of the window (``off >= 0``), and ``x0`` the integer that brings ``x0 + off`` nearest
+    ``start_of_output``, the source coordinate the drawn matrix maps output 0 from.
+    """
+    j0 = max(0, math.ceil((k - 1) / 2))
+    off = (j0 + 0.5) / k - 0.5
+    x0 = round(start_of_output - off)
+    # Enough source for j0 + length outputs, plus the right-hand neighbour of the last one sampled.
+    n = math.ceil((j0 + length + 1) / k) + 1
+    return x0, n, j0, x0 + off
+
+
+def scale_and_shift(
+    img: np.ndarray | TiledImage, m: np.ndarray, out_shape: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """``warpAffine`` of a scale-and-translate ``m`` as a window of ``img`` and a ``cv2.resize``.
+
+    A general warp computes a source position per output pixel; a resize interpolates separably,
+    and only the window it reads is painted (a mosaic's canvas never whole). To sample a resize's
+    grid exactly, the translation moves by at most half a source pixel (far below the +/- translate
+    hyperparameter's spread). Returns the image and the matrix actually applied, which the boxes
+    must follow. Outside ``img`` the padding is ``PAD_COLOR`` as in the warp, and interpolation
+    across the border blends into it the same way.
+    """
+    height, width = out_shape
+    kx, ky = float(m[0, 0]), float(m[1, 1])
+    x0, nx, jx, bx = _resize_window(-m[0, 2] / kx, kx, width)
+    y0, ny, jy, by = _resize_window(-m[1, 2] / ky, ky, height)
+    out = cv2.resize(window(img, x0, y0, nx, ny), None, fx=kx, fy=ky, interpolation=cv2.INTER_LINEAR)
+    out = np.ascontiguousarray(out[jy : jy + height, jx : jx + width])
+    applied = np.array([[kx, 0.0, -kx * bx], [0.0, ky, -ky * by], [0.0, 0.0, 1.0]])
+    return out, applied
+
+
 def random_perspective(  # noqa: PLR0913 (upstream's argument list, kept for familiarity)
-    img: np.ndarray,
+    img: np.ndarray | TiledImage,
     labels: np.ndarray,
     rng: np.random.Generator,
     degrees: float = 10,
@@ -104,16 +151,21 @@ def random_perspective(  # noqa: PLR0913 (upstream's argument list, kept for fam
 
     ``labels``: ``[n, 5]`` (cls, x1, y1, x2, y2) in pixels of ``img``. The output is
     ``img.shape + 2 * border`` (so ``border=(-s/2, -s/2)`` turns a 2s mosaic into s). Boxes are
-    transformed by their four corners, clipped, and filtered with ``box_candidates``.
+    transformed by their four corners, clipped, and filtered with ``box_candidates``. Scale and
+    translation alone (upstream's hyperparameter files) go through ``scale_and_shift``, which reads
+    only the part of a ``TiledImage`` it needs.
     """
     height, width = img.shape[0] + border[0] * 2, img.shape[1] + border[1] * 2
     params = (degrees, translate, scale, shear, perspective)
     m, s = _affine_matrix(img.shape[:2], (height, width), rng, params)
     if border[0] or border[1] or (m != np.eye(3)).any():
         if perspective:
-            img = cv2.warpPerspective(img, m, dsize=(width, height), borderValue=PAD_COLOR)
+            img = cv2.warpPerspective(as_array(img), m, dsize=(width, height), borderValue=PAD_COLOR)
+        elif is_scale_and_shift(m):
+            img, m = scale_and_shift(img, m, (height, width))
         else:
-            img = cv2.warpAffine(img, m[:2], dsize=(width, height), borderValue=PAD_COLOR)
+            img = cv2.warpAffine(as_array(img), m[:2], dsize=(width, height), borderValue=PAD_COLOR)
+    img = as_array(img)
     labels = np.asarray(labels, dtype=np.float64).reshape(-1, 5)
     n = len(labels)
     if not n:

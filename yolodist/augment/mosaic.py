@@ -6,7 +6,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from yolodist.augment.geometry import PAD_COLOR
+from yolodist.augment.canvas import TiledImage
 from yolodist.ops.boxes import xywhn2xyxy
 
 # load_fn(i) -> (image HxWx3 uint8 BGR resized so the long side is img_size, labels [n, 5] cls+xywhn, ...)
@@ -23,9 +23,17 @@ def mosaic4(
     clipped to the canvas). The caller crops it back to ``img_size`` with ``random_perspective`` and
     ``border=(-s // 2, -s // 2)``.
     """
+    canvas, labels = mosaic4_tiled(load_fn, indices, img_size, rng)
+    return canvas.full(), labels
+
+
+def mosaic4_tiled(
+    load_fn: LoadFn, indices: Sequence[int], img_size: int, rng: np.random.Generator
+) -> tuple[TiledImage, np.ndarray]:
+    """``mosaic4`` with the canvas left unpainted: a ``TiledImage`` that paints the part a warp reads."""
     s = img_size
     yc, xc = (int(rng.uniform(s // 2, 2 * s - s // 2)) for _ in range(2))  # centre in the middle half
-    canvas = np.full((2 * s, 2 * s, 3), PAD_COLOR[0], dtype=np.uint8)
+    canvas = TiledImage((2 * s, 2 * s, 3))
     all_labels = []
     for pos, index in enumerate(indices[:4]):
         loaded = load_fn(index)
@@ -43,7 +51,7 @@ def mosaic4(
         # (x1b, y1b): the matching corner inside the tile; left/top tiles show their right/bottom part.
         xb1 = w - (xa2 - xa1) if pos in (0, 2) else 0
         yb1 = h - (ya2 - ya1) if pos in (0, 1) else 0
-        canvas[ya1:ya2, xa1:xa2] = img[yb1 : yb1 + (ya2 - ya1), xb1 : xb1 + (xa2 - xa1)]
+        canvas.paste(ya1, xa1, img[yb1 : yb1 + (ya2 - ya1), xb1 : xb1 + (xa2 - xa1)])
         padw, padh = xa1 - xb1, ya1 - yb1
         lb = np.asarray(labels, dtype=np.float32).reshape(-1, 5).copy()
         if len(lb):

@@ -15,7 +15,7 @@ import numpy as np
 
 from yolodist.augment.color import augment_hsv
 from yolodist.augment.geometry import fliplr, flipud, letterbox, random_perspective
-from yolodist.augment.mosaic import LoadFn, mixup, mosaic4
+from yolodist.augment.mosaic import LoadFn, mixup, mosaic4_tiled
 from yolodist.ops.boxes import xywhn2xyxy, xyxy2xywhn
 
 if TYPE_CHECKING:
@@ -91,7 +91,7 @@ class TrainAugment:
             others = np.searchsorted(partners, rng.random(3) * partners[-1], side="right").clip(0, len(partners) - 1)
         indices = [index, *(int(i) for i in others)]
         rng.shuffle(indices)  # so the requested sample is not always top-left
-        canvas, px = mosaic4(load_fn, indices, self.img_size, rng)
+        canvas, px = mosaic4_tiled(load_fn, indices, self.img_size, rng)
         return self._perspective(canvas, px, rng, border=-(self.img_size // 2))
 
     def __call__(
