@@ -77,6 +77,12 @@ def test_two_epochs_write_the_run(tmp_path, tiny_shapes):
     ckpt = torch.load(run / "weights" / "last.pt", weights_only=True)  # plain state dicts, no pickled code
     assert {"model", "ema", "optimizer", "epoch", "best_fitness", "opt", "yaml", "names"} <= set(ckpt)
     assert ckpt["epoch"] == 1
+    # best.pt ends as upstream's: the EMA weights in half precision, no optimizer; last.pt keeps everything.
+    best = torch.load(run / "weights" / "best.pt", weights_only=True)
+    assert best["optimizer"] is None and best["ema"] is None and best["epoch"] == -1
+    assert best["model"]["model.0.conv.weight"].dtype == torch.float16
+    assert ckpt["model"]["model.0.conv.weight"].dtype == torch.float32 and ckpt["optimizer"] is not None
+    assert f"Optimizer stripped from {run / 'weights' / 'best.pt'}" in out
     assert "summary:" in out and "parameters" in out and "GFLOPs" in out
     for plot in ("labels.jpg", "train_batch0.jpg", "results.png", "confusion_matrix.png", "val_batch0_pred.jpg"):
         assert (run / plot).stat().st_size > 0, plot

@@ -6,6 +6,7 @@ import logging
 import os
 import pickle
 import random
+import types
 import zipfile
 
 import pytest
@@ -23,6 +24,7 @@ from yolodist.checkpoint.files import (
 )
 from yolodist.checkpoint.state import FORMAT, FORMAT_VERSION, build_checkpoint
 from yolodist.checkpoint.weights import transfer_weights
+from yolodist.engine.saving import release_best
 from yolodist.errors import BadCheckpoint, UserError
 from yolodist.utils import io as io_utils
 
@@ -259,3 +261,54 @@ def test_strip_for_release_keeps_ema_in_half(tmp_path):
     fresh = tiny()
     assert transfer_weights(fresh, load_checkpoint(out)["model"]) == (8, 8)  # seeds a new run
     assert strip_for_release(path) == path and load_checkpoint(path)["epoch"] == -1  # in place
+
+
+def _run_with_best(save_dir):
+    """A finished run's folder holding a full best.pt (model, EMA, optimizer) of a YOLOv5n-sized model."""
+    from yolodist.models import Model
+
+    model, ema = Model("yolov5n.yaml", nc=3), Model("yolov5n.yaml", nc=3)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    sum(o.sum() for o in model(torch.zeros(1, 3, 64, 64))).backward()
+    opt.step()  # momentum buffers: an optimizer state as large as the model
+    ckpt = build_checkpoint(
+        model_state=model.state_dict(), ema_state=ema.state_dict(), ema_updates=3, optimizer_state=opt.state_dict(),
+        epoch=4, best_fitness=0.5, opt={"epochs": 5}, yaml=model.yaml, names=["a", "b", "c"], hyp={"lr0": 0.01},
+    )  # fmt: skip
+    (save_dir / "weights").mkdir(parents=True, exist_ok=True)
+    save_checkpoint(ckpt, save_dir / "weights" / "best.pt", keep_previous=False)
+    return types.SimpleNamespace(save_dir=save_dir), ema
+
+
+def test_release_best_strips_best_pt_as_upstream_does(tmp_path, caplog):
+    run, ema = _run_with_best(tmp_path / "exp")
+    best = run.save_dir / "weights" / "best.pt"
+    before = best.stat().st_size
+    with caplog.at_level(logging.INFO):
+        release_best(run)
+    plain = torch.load(best, weights_only=True)
+    assert plain["optimizer"] is None and plain["ema"] is None and plain["epoch"] == -1
+    ema_state = ema.state_dict()
+    assert all(v.dtype == torch.float16 for k, v in plain["model"].items() if ema_state[k].is_floating_point())
+    assert best.stat().st_size < before / 2
+    assert f"Optimizer stripped from {best}" in caplog.text
+    assert sorted(p.name for p in best.parent.iterdir()) == ["best.pt"]  # no temp file, no previous generation
+    release_best(types.SimpleNamespace(save_dir=tmp_path / "none"))  # a run that never saved a best.pt: nothing
+
+
+def test_release_best_on_a_full_disk_keeps_best_pt_whole(tmp_path, caplog):
+    """The stripped copy cannot be written on a really full filesystem: best.pt stays as it was, one warning."""
+    from tests.conftest import tmpfs
+
+    staged, _ = _run_with_best(tmp_path / "staged")
+    size = (staged.save_dir / "weights" / "best.pt").stat().st_size
+    with tmpfs(tmp_path / "exp" / "weights", size + 64 * 1024) as weights:  # room for best.pt, not its stripped copy
+        (weights / "best.pt").write_bytes((staged.save_dir / "weights" / "best.pt").read_bytes())
+        original = (weights / "best.pt").read_bytes()
+        with caplog.at_level(logging.WARNING):
+            release_best(types.SimpleNamespace(save_dir=tmp_path / "exp"))
+        assert (weights / "best.pt").read_bytes() == original
+        assert load_checkpoint(weights / "best.pt")["optimizer"] is not None
+        assert sorted(p.name for p in weights.iterdir()) == ["best.pt"]  # the partial temp file is gone
+        (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        assert "No space left on device" in warning and "best.pt keeps its optimizer state" in warning

@@ -6,11 +6,11 @@ import logging
 import signal
 from typing import TYPE_CHECKING
 
-from yolodist.checkpoint.files import save_checkpoint
+from yolodist.checkpoint.files import save_checkpoint, strip_for_release
 from yolodist.checkpoint.state import TrainingState
 from yolodist.distributed import collectives, slurm
 from yolodist.distributed.lifecycle import StopRequested
-from yolodist.errors import CannotSave, DistFailure, Interrupted
+from yolodist.errors import BadCheckpoint, CannotSave, DistFailure, Interrupted
 from yolodist.eval.validator import ValResult
 
 if TYPE_CHECKING:
@@ -51,6 +51,22 @@ def save_epoch(run: Run, progress: RunProgress, epoch: int, result: ValResult) -
         save_checkpoint(ckpt, weights / "best.pt", keep_previous=False)
     if run.cfg.save_period > 0 and epoch % run.cfg.save_period == 0:
         save_checkpoint(ckpt, weights / f"epoch{epoch}.pt", keep_previous=False)
+
+
+def release_best(run: Run) -> None:
+    """At the end of training, make best.pt what upstream's is: EMA weights in half precision, no optimizer.
+
+    best.pt is the file users ship and deploy, so it becomes small; last.pt keeps everything (full
+    precision, optimizer, EMA), so a finished run can still seed a longer one at full precision. A
+    failed write (a full disk) leaves best.pt whole, as it was: one warning, not an error.
+    """
+    best = run.save_dir / "weights" / "best.pt"
+    if not best.is_file():
+        return
+    try:
+        strip_for_release(best)
+    except (OSError, BadCheckpoint) as e:
+        LOGGER.warning(f"{e}; {best.name} keeps its optimizer state and full precision, as saved")
 
 
 def try_save_epoch(run: Run, progress: RunProgress, epoch: int, result: ValResult) -> str | None:

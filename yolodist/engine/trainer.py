@@ -25,7 +25,7 @@ from yolodist.distributed.session import session
 from yolodist.engine.build import DataParts
 from yolodist.engine.epoch import train_one_epoch
 from yolodist.engine.run import Run, RunProgress, forget_run, setup
-from yolodist.engine.saving import interrupted, skipping, try_save_epoch
+from yolodist.engine.saving import interrupted, release_best, skipping, try_save_epoch
 from yolodist.errors import CannotSave, DistFailure
 from yolodist.eval import plots
 from yolodist.eval.pipeline import run_val
@@ -85,6 +85,8 @@ def fit(cfg: TrainConfig, env: DistEnv, hyp: Hyp | None = None) -> FitResult:
     finally:
         run.reporter.close()
     forget_run(cfg, env)
+    if env.is_main:
+        release_best(run)
     if plotting and (run.save_dir / "results.csv").is_file():
         plots.safe_plot(plots.plot_results, run.save_dir / "results.csv")
     if env.is_main:
