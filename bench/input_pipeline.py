@@ -17,11 +17,11 @@ measured, and ``--no-upstream`` skips it on purpose). Variants: every ``--sizes`
 0 workers (loading in the training process itself, so the figure is per core) and with
 ``--workers`` workers, reading the JPEG files or the RAM image cache (yolodist's
 ``cache_images="ram"``, filled by the dataset's ``prepare_cache()`` before the loader starts, as the
-trainer does; upstream's ``cache='ram'``, filled by its dataset's constructor). yolodist's JPEG
-variants are measured twice: as train.py trains by default (JPEGs at least twice the image size
-shrunk by the decoder) and with ``--no-scaled-decode`` (full decode, then resize); every variant also
-with ``--general-warp`` (each mosaic painted whole and warped by ``cv2.warpAffine``, as before the
-scale-and-translate path: that path's share). Every process of
+trainer does; upstream's ``cache='ram'``, filled by its dataset's constructor). yolodist is measured
+as train.py trains on a GPU by default: the HSV jitter left to the GPU after batching, JPEGs at least
+twice the image size shrunk by the decoder; every variant also with ``--hsv-jitter loader`` (the
+jitter in the loader, train.py's default on a CPU), and the JPEG variants with ``--no-scaled-decode``
+(full decode, then resize). Every process of
 either side computes on one thread: OpenCV sequential, torch one thread, ``OMP_NUM_THREADS=1``.
 After one warm-up batch (worker start-up), ``--batches`` batches are timed. The two sides take turns
 within each variant, the first of the pair swapping every round, for ``--rounds`` rounds; each
@@ -62,10 +62,10 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 RATE_SCRIPT = ROOT / "bench" / "loader_rate.py"
 PARTS = ("speed", "memory")
-# "full-decode": yolodist with --no-scaled-decode (JPEG variants only: a cache holds decoded pixels);
-# "general-warp": yolodist with bench/loader_rate.py's --general-warp.
-IMPLS = ("yolodist", "full-decode", "general-warp", "upstream")
-COLUMNS = {"yolodist": "yolodist", "full-decode": "--no-scaled-decode", "general-warp": "--general-warp"}
+# "hsv-loader": yolodist with --hsv-jitter loader (train.py's default on a CPU);
+# "full-decode": yolodist with --no-scaled-decode (JPEG variants only: a cache holds decoded pixels).
+IMPLS = ("yolodist", "hsv-loader", "full-decode", "upstream")
+COLUMNS = {"yolodist": "yolodist", "hsv-loader": "--hsv-jitter loader", "full-decode": "--no-scaled-decode"}
 BATCH = 16
 MEMORY_BATCH, MEMORY_WORKERS, MEMORY_MODEL = 8, 2, "yolov5n.yaml"
 MIB = 2**20
@@ -102,8 +102,8 @@ def loader_rate(
     flags += ["--cache"] if cache else []
     if impl == "full-decode":
         flags = ["--impl", "yolodist", *flags[2:], "--no-scaled-decode"]
-    if impl == "general-warp":
-        flags = ["--impl", "yolodist", *flags[2:], "--general-warp"]
+    if impl == "hsv-loader":
+        flags = ["--impl", "yolodist", *flags[2:], "--hsv-jitter", "loader"]
     if impl == "upstream":
         python, env = upstream, accuracy.upstream_env(args.work, 1)
         env["PIN_MEMORY"] = "False"  # upstream pins by default; yolodist's loader does not, and no GPU reads these

@@ -2,12 +2,14 @@
 
     PYTHON bench/loader_rate.py --impl yolodist|upstream --images DIR --img 640 [--batch 16]
                                 [--workers 2] [--cache] [--batches 20] [--warmup 1]
-                                [--no-scaled-decode] [--general-warp]
+                                [--no-scaled-decode] [--hsv-jitter device|loader]
 
 bench/input_pipeline.py runs this once per measurement, with upstream's virtual environment's Python
 for ``--impl upstream`` (that environment has no yolodist, so each side imports only its own code).
 Both loaders are built as their trainer builds the training loader: augmentation on, mosaic, the
 hyperparameters of hyp.scratch-low, shuffled, ``--workers`` worker processes (0: in this process),
+yolodist's with the HSV jitter left to the training device (train.py's default on CUDA; ``--hsv-jitter
+loader``: in the loader, its default on a CPU; the jitter after batching is not part of this figure),
 and with ``--cache`` the RAM image cache (yolodist's ``cache_images="ram"`` made by the dataset's
 ``prepare_cache()``, upstream's ``cache='ram'``), filled before the loader starts and not timed.
 The loader is iterated endlessly over epochs, as training does; ``--warmup`` batches are taken first
@@ -58,6 +60,7 @@ def yolodist_loader(args: argparse.Namespace) -> tuple[Iterator, int, float]:
         workers=args.workers,
         prefix="train: ",
         scaled_decode=args.scaled_decode,
+        defer_hsv=args.hsv_jitter == "device",
     )
     prepare = getattr(dataset, "prepare_cache", None)
     if args.cache and prepare is not None:  # the node-wide cache is made (or opened) by this call, as the trainer does
@@ -116,10 +119,11 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=20, help="timed batches")
     parser.add_argument("--warmup", type=int, default=1, help="batches before the timing starts")
     parser.add_argument(
-        "--general-warp",
-        action="store_true",
-        help="yolodist: warp every mosaic through cv2.warpAffine of its whole canvas, as before the "
-        "scale-and-translate path (measures that path's share; training has no such switch)",
+        "--hsv-jitter",
+        choices=("device", "loader"),
+        default="device",
+        help="yolodist: leave the HSV jitter to the training device (train.py's default on CUDA) or jitter in "
+        "the loader (its default on a CPU)",
     )
     parser.add_argument(
         "--scaled-decode",
@@ -130,19 +134,15 @@ def main() -> None:
     args = parser.parse_args()
     cv2.setNumThreads(0)
     torch.set_num_threads(1)
-    if args.general_warp:
-        sys.path.insert(0, str(ROOT))
-        from yolodist.augment import geometry
-
-        geometry.is_scale_and_shift = lambda m: False  # the workers fork from here and keep it
     batches, workers, setup = (yolodist_loader if args.impl == "yolodist" else upstream_loader)(args)
     started = time.perf_counter()
     for _ in range(args.warmup):
         next(batches)
     warmed = time.perf_counter()
-    images = 0
+    images, batch = 0, None
     for _ in range(args.batches):
-        images += int(next(batches)[0].shape[0])
+        batch = next(batches)
+        images += int(batch[0].shape[0])
     seconds = time.perf_counter() - warmed
     result = {
         "impl": args.impl,
@@ -152,6 +152,8 @@ def main() -> None:
         "setup_s": setup,  # dataset scan and loader; a RAM cache made before the first batch fills here
         "warmup_s": warmed - started,
         "workers": workers,
+        # whether the batches left the HSV jitter to the training device (yolodist's Batch.hsv tables)
+        "hsv_after_batching": getattr(batch, "hsv", None) is not None,
         "versions": {"torch": torch.__version__, "cv2": cv2.__version__},
     }
     print(json.dumps(result), flush=True)

@@ -154,7 +154,7 @@ def upstream_updates(model, batches: list[list], hyp: dict, img: int, epochs_tot
     for epoch, epoch_batches in enumerate(batches):
         model.train()
         optimizer.zero_grad()
-        for i, (imgs, targets, _, _) in enumerate(epoch_batches):
+        for i, (imgs, targets, *_) in enumerate(epoch_batches):
             n = i + per_epoch * epoch
             if n <= warmup:
                 accumulate = max(1, np.interp(n, [0, warmup], [1, nominal / batch]).round())

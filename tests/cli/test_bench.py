@@ -89,9 +89,11 @@ def test_input_pipeline_bench_times_loaders_and_measures_training_memory(tmp_pat
     # --no-scaled-decode is measured beside the default on JPEGs only (a cache holds decoded pixels).
     assert speed[0]["full-decode"]["median"] > 0 and len(speed[0]["rounds"]["full-decode"]) == 1
     assert speed[1]["full-decode"] is None and not speed[1]["rounds"]["full-decode"]
-    # The general warp (the whole mosaic canvas through cv2.warpAffine) beside the default, on every variant.
-    assert all(r["general-warp"]["median"] > 0 and len(r["rounds"]["general-warp"]) == 1 for r in speed)
-    assert "--general-warp" in proc.stdout
+    # The jitter in the loader (train.py's CPU default) beside the default (left to the GPU), on every variant.
+    assert all(r["hsv-loader"]["median"] > 0 and len(r["rounds"]["hsv-loader"]) == 1 for r in speed)
+    assert all(r["rounds"]["yolodist"][0]["hsv_after_batching"] for r in speed)
+    assert not any(r["rounds"]["hsv-loader"][0]["hsv_after_batching"] for r in speed)
+    assert "--hsv-jitter loader" in proc.stdout
     memory = [r for r in results if r["part"] == "memory"]
     assert [(r["ranks"], r["cache"]) for r in memory] == [(1, None), (1, "ram")]
     assert all(r["peak_pss_mib"] > 50 and r["processes_at_peak"] >= 1 and r["samples"] >= 1 for r in memory)

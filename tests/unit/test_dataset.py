@@ -48,10 +48,10 @@ def red_box(img_chw):
 def test_val_sample_format_and_box(src):
     ds = YoloDataset([src], 64, augment=False, nc=3)
     assert len(ds) == 8 and ds.shapes.shape == (8, 2) and ds.shapes[0].tolist() == [40, 64]
-    img, lb, path, shapes = ds[3]
+    img, lb, path, shapes, hsv = ds[3]
     assert img.dtype == torch.uint8 and img.shape == (3, 64, 64) and img.permute(1, 2, 0).is_contiguous()  # HWC memory
     assert lb.shape == (1, 6) and lb.dtype == torch.float32 and lb[0, 0] == 0 and lb[0, 1] == 0
-    assert path.endswith("3.png") and shapes[0] == (46, 64)
+    assert path.endswith("3.png") and shapes[0] == (46, 64) and hsv is None
     cx, cy, w, h = lb[0, 2:].tolist()
     label = np.array([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2]) * 64
     seen = red_box(img)  # RGB output: red is channel 0
@@ -78,7 +78,7 @@ def test_loader_output_independent_of_worker_count(src):
         loader = build_loader(ds, sampler, workers=workers)
         assert loader.num_workers == workers
         runs.append(list(loader))
-    for (i0, t0, p0, _), (i2, t2, p2, _) in zip(*runs, strict=True):
+    for (i0, t0, p0, *_), (i2, t2, p2, *_) in zip(*runs, strict=True):
         assert torch.equal(i0, i2) and torch.equal(t0, t2) and p0 == p2
 
 
@@ -88,7 +88,7 @@ def test_rect_shapes_are_stride_multiples(src):
     assert (np.diff(ar) >= 0).all()  # sorted by aspect ratio
     assert ds.batch_shapes.shape == (3, 2) and (ds.batch_shapes % 16 == 0).all()
     for i in range(len(ds)):
-        img, lb, _, _ = ds[i]
+        img, lb, *_ = ds[i]
         assert tuple(img.shape[1:]) == tuple(ds.batch_shapes[i // 3])
         assert ((lb[:, 2:] >= 0) & (lb[:, 2:] <= 1)).all()
 
@@ -141,7 +141,7 @@ def test_broken_after_scan_under_loader_workers_is_replaced_and_seen_by_the_load
     victim.write_bytes(victim.read_bytes()[:60])
     for epoch in range(2):  # persistent workers: the second epoch reuses the processes of the first
         loader.batch_sampler.set_epoch(epoch)
-        paths = [p for _, _, batch_paths, _ in loader for p in batch_paths]
+        paths = [p for batch in loader for p in batch.paths]
         assert len(paths) == len(ds) and str(victim) not in paths
         assert paths.count(str(src / "5.png")) == 2  # index 4 is served by the next loadable index
     assert ds.broken_after_scan() == [str(victim)]

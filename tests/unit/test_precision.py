@@ -75,7 +75,7 @@ def test_bad_amp_mode_is_a_flag_error():
 @pytest.mark.parametrize("channels_last", [True, False])
 def test_network_input_has_the_configured_layout(channels_last, batch_layout):
     imgs = torch.randint(0, 255, (2, 3, 64, 64), dtype=torch.uint8).contiguous(memory_format=batch_layout)
-    x = network_input(imgs, CPU, TrainConfig(channels_last=channels_last), 32, 0, 0)
+    x = network_input(imgs, TrainConfig(channels_last=channels_last), 32, 0, 0)
     assert x.is_contiguous(memory_format=torch.channels_last) == channels_last
     assert x.is_contiguous() != channels_last
     assert torch.equal(x, imgs.float() / 255)

@@ -88,9 +88,10 @@ def test_bad_batch_or_rank():
 def test_collate_adds_image_index():
     img = torch.zeros((3, 8, 8), dtype=torch.uint8)
     lb = torch.tensor([[0, 1, 0.5, 0.5, 0.1, 0.1]])
-    batch = [(img, lb, "a", None), (img, torch.zeros((0, 6)), "b", None), (img, lb.repeat(2, 1), "c", None)]
-    imgs, targets, paths, shapes = collate(batch)
-    assert imgs.shape == (3, 3, 8, 8) and paths == ("a", "b", "c") and shapes == (None, None, None)
+    batch = [(img, lb, "a", None, None), (img, torch.zeros((0, 6)), "b", None, None)]
+    batch.append((img, lb.repeat(2, 1), "c", None, None))
+    imgs, targets, paths, shapes, hsv = collate(batch)
+    assert imgs.shape == (3, 3, 8, 8) and paths == ("a", "b", "c") and shapes == (None, None, None) and hsv is None
     assert targets[:, 0].tolist() == [0, 2, 2] and targets.dtype == torch.float32
     assert lb[0, 0] == 0  # inputs untouched
 
@@ -100,9 +101,17 @@ def test_collate_stacks_channels_last_with_the_same_values():
     chw_views = [x.permute(2, 0, 1) for x in hwc]  # what the dataset gives: [3, H, W] over HWC memory
     plain = [x.contiguous() for x in chw_views]
     for samples in (chw_views, plain, [chw_views[0], plain[1], chw_views[2], plain[3]]):
-        imgs = collate([(im, torch.zeros((0, 6)), "p", None) for im in samples])[0]
+        imgs = collate([(im, torch.zeros((0, 6)), "p", None, None) for im in samples])[0]
         assert imgs.shape == (4, 3, 6, 8) and imgs.is_contiguous(memory_format=torch.channels_last)
         assert torch.equal(imgs, torch.stack(plain))
+
+
+def test_collate_stacks_the_deferred_hsv_tables_in_sample_order():
+    tables = [torch.full((256, 3), k, dtype=torch.uint8) for k in range(3)]
+    img = torch.zeros((3, 8, 8), dtype=torch.uint8)
+    batch = collate([(img, torch.zeros((0, 6)), str(k), None, t) for k, t in enumerate(tables)])
+    assert batch.hsv.shape == (3, 256, 3) and batch.hsv.dtype == torch.uint8
+    assert batch.hsv[:, 0, 0].tolist() == [0, 1, 2]
 
 
 def test_num_workers_is_capped():

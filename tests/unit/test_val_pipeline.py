@@ -63,7 +63,7 @@ def test_the_loader_shards_the_split_like_val_py(tiny_shapes):
     loader = build_val_loader(ValConfig(batch_size=3, imgsz=64, workers=0), env, spec.val, 32, spec.nc)
     assert loader.batch_sampler.batch_size == 4 and loader.batch_sampler.per_rank == 2
     assert loader.dataset.prefix == "val: " and not loader.dataset.augment
-    imgs, _targets, paths, _shapes = next(iter(loader))
+    imgs, _targets, paths, _shapes, _hsv = next(iter(loader))
     assert imgs.shape[0] == 2 and len(paths) == 2
 
 

@@ -1,9 +1,35 @@
-"""Colour jitter in HSV space, applied through lookup tables (fast, exact for uint8)."""
+"""Colour jitter in HSV space, applied through lookup tables (fast, exact for uint8).
+
+The jitter is drawn as one (256, 3) table (``hsv_table``) and applied apart (``apply_hsv_table``), so
+that it can run where it is cheapest: in the loader, or after batching on the training device
+(``color_batch``), with the same table and the same result.
+"""
 
 from __future__ import annotations
 
 import cv2
 import numpy as np
+
+
+def hsv_table(rng: np.random.Generator, hgain: float, sgain: float, vgain: float) -> np.ndarray | None:
+    """A random jitter: hue, saturation and value scaled by factors in 1 +/- gain, as a uint8 ``[256, 3]``
+    table (column c maps channel c of an 8-bit HSV image). None, with nothing drawn, when every gain is 0."""
+    if not (hgain or sgain or vgain):
+        return None
+    r = rng.uniform(-1, 1, 3) * [hgain, sgain, vgain] + 1
+    x = np.arange(0, 256, dtype=r.dtype)
+    lut_hue = ((x * r[0]) % 180).astype(np.uint8)  # OpenCV's 8-bit hue wraps at 180
+    lut_sat = np.clip(x * r[1], 0, 255).astype(np.uint8)
+    lut_val = np.clip(x * r[2], 0, 255).astype(np.uint8)
+    return np.stack([lut_hue, lut_sat, lut_val], axis=-1)
+
+
+def apply_hsv_table(img: np.ndarray, table: np.ndarray) -> np.ndarray:
+    """Jitter a BGR uint8 image with a ``hsv_table``, in place; returns ``img``."""
+    hsv = cv2.cvtColor(img, cv2.COLOR_BGR2HSV)
+    # One 3-channel table (channel c through table c): no split and merge of the planes.
+    cv2.cvtColor(cv2.LUT(hsv, table.reshape(1, 256, 3)), cv2.COLOR_HSV2BGR, dst=img)
+    return img
 
 
 def augment_hsv(
@@ -13,15 +39,5 @@ def augment_hsv(
 
     Returns ``img`` (the same array) for convenience. Gains of 0 leave the image untouched.
     """
-    if not (hgain or sgain or vgain):
-        return img
-    r = rng.uniform(-1, 1, 3) * [hgain, sgain, vgain] + 1
-    hsv = cv2.cvtColor(img, cv2.COLOR_BGR2HSV)
-    x = np.arange(0, 256, dtype=r.dtype)
-    lut_hue = ((x * r[0]) % 180).astype(np.uint8)  # OpenCV's 8-bit hue wraps at 180
-    lut_sat = np.clip(x * r[1], 0, 255).astype(np.uint8)
-    lut_val = np.clip(x * r[2], 0, 255).astype(np.uint8)
-    # One 3-channel table (channel c through table c): no split and merge of the planes.
-    table = np.stack([lut_hue, lut_sat, lut_val], axis=-1).reshape(1, 256, 3)
-    cv2.cvtColor(cv2.LUT(hsv, table), cv2.COLOR_HSV2BGR, dst=img)
-    return img
+    table = hsv_table(rng, hgain, sgain, vgain)
+    return img if table is None else apply_hsv_table(img, table)

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from yolodist.augment.color import augment_hsv
+from yolodist.augment.color import apply_hsv_table, hsv_table
 from yolodist.augment.geometry import fliplr, flipud, letterbox, random_perspective
 from yolodist.augment.mosaic import LoadFn, mixup, mosaic4_tiled
 from yolodist.ops.boxes import xywhn2xyxy, xyxy2xywhn
@@ -109,6 +109,24 @@ class TrainAugment:
         ``partners``: cumulative draw weights of the ``n`` images (``--image-weights``) that the three
         other images of a mosaic are drawn by; None draws them uniformly. The mixup image is uniform, as
         upstream's."""
+        img, labels, shapes, table = self.before_colour(index, load_fn, rng, n=n, shape=shape, partners=partners)
+        if table is not None:
+            apply_hsv_table(img, table)
+        return img, labels, shapes
+
+    def before_colour(
+        self,
+        index: int,
+        load_fn: LoadFn,
+        rng: np.random.Generator,
+        *,
+        n: int,
+        shape: tuple[int, int] | None = None,
+        partners: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, np.ndarray, Shapes | None, np.ndarray | None]:
+        """The sample of ``__call__`` (same arguments, same draws) before its HSV jitter, and the jitter's
+        ``color.hsv_table`` (None when the hyperparameters have none). The jitter maps each pixel on its
+        own, so applying the table to this image later gives ``__call__``'s image exactly."""
         hyp, shapes = self.hyp, None
         if shape is None and rng.random() < hyp.mosaic:
             img, px = self._mosaic(index, load_fn, rng, n, partners)
@@ -120,9 +138,9 @@ class TrainAugment:
             img, px, shapes = _letterboxed(load_fn(index), target, scaleup=True)
             img, px = self._perspective(img, px, rng)
         labels = _normalised(img, px)
-        augment_hsv(img, rng, hyp.hsv_h, hyp.hsv_s, hyp.hsv_v)
+        table = hsv_table(rng, hyp.hsv_h, hyp.hsv_s, hyp.hsv_v)  # drawn before the flips, as upstream's jitter
         if rng.random() < hyp.flipud:
             img, labels = flipud(img, labels)
         if rng.random() < hyp.fliplr:
             img, labels = fliplr(img, labels)
-        return img, labels, shapes
+        return img, labels, shapes, table

@@ -15,7 +15,7 @@ from yolodist.cli.flags import (
     add_run_dir,
 )
 from yolodist.config.presets import TRAIN_PROJECT, resolve_evolve, resolve_profile
-from yolodist.config.schema import AMP_MODES, OPTIMIZERS, TrainConfig
+from yolodist.config.schema import AMP_MODES, HSV_PLACES, OPTIMIZERS, TrainConfig
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -129,6 +129,13 @@ def _add_own_flags(p: argparse.ArgumentParser) -> None:
         default=True,
         help="let libjpeg shrink training JPEGs at least twice --img by 2, 4 or 8 while decoding (faster; "
         "--no-scaled-decode: full decode, then resize, as upstream)",
+    )
+    p.add_argument(
+        "--hsv-jitter",
+        choices=HSV_PLACES,
+        default="auto",
+        help="where the HSV colour jitter runs: in the dataloader workers, or on the training device after "
+        "batching (the same pixels either way); auto = device on CUDA, loader on CPU",
     )
 
 

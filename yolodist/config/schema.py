@@ -80,6 +80,7 @@ OPTIMIZERS = ("SGD", "Adam", "AdamW")
 VAL_TASKS = ("val", "test", "speed")
 CACHE_MODES = ("ram", "disk")
 AMP_MODES = ("auto", "off", "fp16", "bf16")
+HSV_PLACES = ("auto", "loader", "device")
 
 
 @dataclass(frozen=True)
@@ -121,11 +122,14 @@ class TrainConfig:
     nbs: int = 64
     dist_timeout: float = 1800.0
     min_warmup_iters: int = 100
-    # Speed levers (not upstream flags): autocast precision, the convolutions' memory layout, and
-    # JPEG decoding shrunk by the decoder for training images at least twice imgsz.
+    # Speed levers (not upstream flags): autocast precision, the convolutions' memory layout, JPEG
+    # decoding shrunk by the decoder for training images at least twice imgsz, and where the HSV
+    # colour jitter runs.
     amp: str = "auto"
     channels_last: bool = True
     scaled_decode: bool = True
+    # Where the HSV colour jitter runs: the loader workers, or the training device after batching.
+    hsv_jitter: str = "auto"
     # Hyperparameter evolution: how many generations (trainings) in all; None trains once.
     evolve: int | None = None
 
@@ -142,6 +146,10 @@ class TrainConfig:
             (0 <= self.label_smoothing < 1, "--label-smoothing must be in [0, 1)"),
             (self.patience >= 0, "--patience must not be negative (0 disables early stopping)"),
             (self.amp in AMP_MODES, f"--amp must be one of {', '.join(AMP_MODES)}, got {self.amp!r}"),
+            (
+                self.hsv_jitter in HSV_PLACES,
+                f"--hsv-jitter must be one of {', '.join(HSV_PLACES)}, got {self.hsv_jitter!r}",
+            ),
             (self.evolve is None or self.evolve >= 1, f"--evolve must be at least 1 generation, got {self.evolve}"),
             (
                 not (self.evolve and self.resume),

@@ -34,6 +34,8 @@ from yolodist.data.imcache_file import ImageCache, Plan, make_plan, open_cache, 
 from yolodist.utils.seed import rng_for
 
 LOGGER = logging.getLogger(__name__)
+# (img, labels, path, shapes, hsv): see YoloDataset
+Sample = tuple[torch.Tensor, torch.Tensor, str, tuple | None, torch.Tensor | None]
 
 
 def rect_batch_shapes(wh: np.ndarray, batch_size: int, img_size: int, stride: int, pad: float) -> np.ndarray:
@@ -69,8 +71,10 @@ class YoloDataset(Dataset):
     """Images and YOLO labels from ``sources`` (folders, ``.txt`` lists or images).
 
     ``dataset[(epoch, i)]`` (or ``dataset[i]`` = epoch 0) -> (img uint8 ``[3, H, W]`` RGB in HWC memory, labels
-    float32 ``[n, 6]`` = (0, cls, cx, cy, w, h) normalised to img, path, shapes) where shapes is
-    ((h0, w0), ((h / h0, w / w0), (padw, padh))) or ``None`` for a mosaic.
+    float32 ``[n, 6]`` = (0, cls, cx, cy, w, h) normalised to img, path, shapes, hsv) where shapes is
+    ((h0, w0), ((h / h0, w / w0), (padw, padh))) or ``None`` for a mosaic, and hsv is None or, with
+    ``defer_hsv``, the sample's HSV jitter not yet applied to img: its ``color.hsv_table`` as a uint8
+    ``[256, 3]`` tensor (None when the hyperparameters have no jitter), for ``color_batch.hsv_batch``.
 
     Attributes: ``im_files``, ``labels`` (float32 ``[n, 5]`` cls+xywhn each), ``shapes`` (original (w, h)),
     ``stats`` (counts by reason), ``skipped`` ((path, reason) per unusable image), ``batch_shapes``
@@ -101,6 +105,7 @@ class YoloDataset(Dataset):
         workers: int = 8,
         image_weights: bool = False,
         scaled_decode: bool = False,
+        defer_hsv: bool = False,
     ) -> None:
         if cache_images not in (None, "ram", "disk"):
             raise ValueError(f"cache_images must be None, 'ram' or 'disk', got {cache_images!r}")
@@ -119,6 +124,7 @@ class YoloDataset(Dataset):
         if rect:
             self._sort_by_aspect(pad)
         self.policy = TrainAugment(self.hyp, img_size) if augment else ValAugment(img_size)
+        self.defer_hsv = defer_hsv and augment
         self.cache_images = cache_images
         self.image_cache: ImageCache | None = None
         # (size, mtime) of each file as scanned: an unchanged file may take the fast decoder.
@@ -243,7 +249,7 @@ class YoloDataset(Dataset):
         return [self.im_files[i] for i in torch.nonzero(self._broken).flatten().tolist()]
 
     # ------------------------------------------------------------------ samples
-    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, str, tuple | None]:
+    def __getitem__(self, key: int | tuple[int, int]) -> Sample:
         epoch, index = key if isinstance(key, tuple) else (0, key)
         rng = rng_for(self.seed, int(epoch), int(index))
         first = self._load_usable(int(index))
@@ -258,11 +264,17 @@ class YoloDataset(Dataset):
             # Rect batches are contiguous blocks of B sorted samples (see ShardedBatchSampler).
             shape = tuple(int(v) for v in self.batch_shapes[int(index) // self.batch_size])
         cdf = self._draw_cdf.numpy() if self._draw_cdf is not None and self._draw_cdf[-1] > 0 else None
-        img, labels, shapes = self.policy(int(index), load_fn, rng, n=len(self), shape=shape, partners=cdf)
+        args = (int(index), load_fn, rng)
+        hsv = None
+        if self.defer_hsv:
+            img, labels, shapes, table = self.policy.before_colour(*args, n=len(self), shape=shape, partners=cdf)
+            hsv = None if table is None else torch.from_numpy(table)
+        else:
+            img, labels, shapes = self.policy(*args, n=len(self), shape=shape, partners=cdf)
         out = torch.zeros((len(labels), 6), dtype=torch.float32)
         if len(labels):
             out[:, 1:] = torch.from_numpy(np.asarray(labels, dtype=np.float32))
         # [3, H, W] RGB over HWC memory (channels-last): no transposition here, and collate stacks the
         # batch channels-last, the layout the model trains in.
         rgb = cv2.cvtColor(np.ascontiguousarray(img), cv2.COLOR_BGR2RGB)
-        return torch.from_numpy(rgb).permute(2, 0, 1), out, self.im_files[actual], shapes
+        return torch.from_numpy(rgb).permute(2, 0, 1), out, self.im_files[actual], shapes, hsv

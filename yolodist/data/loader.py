@@ -6,6 +6,7 @@ import os
 import random
 import signal
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import cv2
 import numpy as np
@@ -15,13 +16,19 @@ from torch.utils.data import DataLoader, Dataset
 from yolodist.data.sampler import ShardedBatchSampler
 
 
-def collate(batch: Sequence[tuple]) -> tuple[torch.Tensor, torch.Tensor, tuple, tuple]:
-    """Samples (img uint8 ``[3, H, W]``, labels ``[n, 6]``, path, shapes) -> batch.
+class Batch(NamedTuple):
+    """A collated batch (see ``collate``)."""
 
-    Returns (imgs uint8 ``[B, 3, H, W]`` in channels-last memory, targets float32 ``[N, 6]`` = (image index
-    in batch, cls, cx, cy, w, h), paths, shapes).
-    """
-    imgs, labels, paths, shapes = zip(*batch, strict=True)
+    imgs: torch.Tensor  # uint8 [B, 3, H, W] RGB, channels-last memory
+    targets: torch.Tensor  # float32 [N, 6] = (image index in batch, cls, cx, cy, w, h)
+    paths: tuple[str, ...]
+    shapes: tuple
+    hsv: torch.Tensor | None  # uint8 [B, 256, 3]: the HSV jitter still to apply to imgs (None: applied or none)
+
+
+def collate(batch: Sequence[tuple]) -> Batch:
+    """Samples (img uint8 ``[3, H, W]``, labels ``[n, 6]``, path, shapes, hsv table or None) -> ``Batch``."""
+    imgs, labels, paths, shapes, hsv = zip(*batch, strict=True)
     targets = []
     for i, lb in enumerate(labels):
         lb = lb.clone()
@@ -29,8 +36,9 @@ def collate(batch: Sequence[tuple]) -> tuple[torch.Tensor, torch.Tensor, tuple, 
         targets.append(lb)
     # Stacked in HWC memory: a plain copy of each sample (samples come channels-last), and the batch is
     # the channels-last NCHW tensor the model wants. Any input layout gives the same values.
-    batch = torch.stack([im.permute(1, 2, 0) for im in imgs], 0).permute(0, 3, 1, 2)
-    return batch, torch.cat(targets, 0), tuple(paths), tuple(shapes)
+    stacked = torch.stack([im.permute(1, 2, 0) for im in imgs], 0).permute(0, 3, 1, 2)
+    tables = None if hsv[0] is None else torch.stack(hsv, 0)
+    return Batch(stacked, torch.cat(targets, 0), tuple(paths), tuple(shapes), tables)
 
 
 def seed_worker(worker_id: int) -> None:

@@ -28,6 +28,7 @@ from yolodist.distributed import collectives, parallel
 from yolodist.distributed.env import DistEnv
 from yolodist.distributed.scope import main_first
 from yolodist.engine import autoanchor
+from yolodist.engine.inputs import hsv_on_device
 from yolodist.engine.loss import LossTerms, YoloLoss, reduce_loss
 from yolodist.engine.optim import (
     accumulate_steps,
@@ -135,6 +136,7 @@ def build_data(cfg: TrainConfig, env: DistEnv, hyp: Hyp, stride: int, spec: Data
             workers=cfg.workers,
             image_weights=cfg.image_weights,
             scaled_decode=cfg.scaled_decode,
+            defer_hsv=hsv_on_device(cfg.hsv_jitter, env.device),
         )
     # One process per node decodes every image into the shared cache; the others map what it made.
     with main_first(env, local=True, name="train-images"):

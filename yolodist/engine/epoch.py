@@ -23,7 +23,7 @@ from yolodist.distributed import collectives
 from yolodist.distributed.env import DistEnv
 from yolodist.distributed.lifecycle import Guard, StopRequested
 from yolodist.engine.build import OptimParts
-from yolodist.engine.inputs import network_input
+from yolodist.engine.inputs import device_batch, network_input
 from yolodist.engine.optim import warmup
 from yolodist.engine.run import Run, RunProgress
 from yolodist.engine.step import StepOutcome, train_step
@@ -51,14 +51,16 @@ def train_one_epoch(
     # A resumed epoch starts right after an update, so its accumulation windows are the original's.
     last_update, logged = start - 1, start
     plot_batches = PLOTTED_TRAIN_BATCHES if ctx.env.is_main and not cfg.noplots and epoch == run.start_epoch else 0
-    for i, (imgs, targets, paths, _shapes) in enumerate(batches_from(data.train_loader, start), start):
+    for i, batch in enumerate(batches_from(data.train_loader, start), start):
         if guard is not None:
             guard.pet(epoch, i)
+        targets = batch.targets
+        imgs = device_batch(batch.imgs, batch.hsv, ctx.env.device)
         if i < plot_batches:
             name = run.save_dir / f"train_batch{i}.jpg"
-            plots.safe_plot(plots.plot_images, imgs, targets, list(paths), data.names, name)
+            plots.safe_plot(plots.plot_images, imgs.cpu(), targets, list(batch.paths), data.names, name)
         accumulate = apply_warmup(run.optim, run.hyp, run.warmup_iters, epoch, i + steps * epoch)
-        imgs = network_input(imgs, ctx.env.device, cfg, run.stride, epoch, i)
+        imgs = network_input(imgs, cfg, run.stride, epoch, i)
         update = ends_window(i, last_update, accumulate, steps)
         outcome = train_step(ctx, imgs, targets.to(ctx.env.device), update)
         # A skipped update's NaN stays out of the mean.

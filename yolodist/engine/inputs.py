@@ -1,10 +1,12 @@
-"""The network's input for a step: the uint8 batch as floats on the device, resized for --multi-scale."""
+"""The network's input for a step: the uint8 batch on the device (with the HSV jitter the loader left for
+it), then as floats, resized for --multi-scale."""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
+from yolodist.augment.color_batch import hsv_batch
 from yolodist.config.schema import TrainConfig
 from yolodist.engine.precision import memory_format
 from yolodist.utils.seed import rng_for
@@ -17,11 +19,21 @@ def multi_scale_size(cfg: TrainConfig, epoch: int, step: int, stride: int) -> in
     return max(int(size // stride * stride), stride)
 
 
-def network_input(
-    imgs: torch.Tensor, device: torch.device, cfg: TrainConfig, stride: int, epoch: int, step: int
-) -> torch.Tensor:
-    """uint8 batch -> float in [0, 1] on ``device`` (channels-last with --channels-last), resized for --multi-scale."""
-    imgs = imgs.to(device, non_blocking=True).float() / 255
+def hsv_on_device(place: str, device: torch.device) -> bool:
+    """``--hsv-jitter``: whether the loader leaves the colour jitter to ``device`` (auto: on CUDA, whose
+    loader cores are the scarce ones; on a CPU the loader workers run beside the step, the cheaper place)."""
+    return place == "device" or (place == "auto" and device.type == "cuda")
+
+
+def device_batch(imgs: torch.Tensor, hsv: torch.Tensor | None, device: torch.device) -> torch.Tensor:
+    """The uint8 batch on ``device``, jittered there with ``hsv`` (the loader's deferred tables) if given."""
+    imgs = imgs.to(device, non_blocking=True)
+    return imgs if hsv is None else hsv_batch(imgs, hsv.to(device, non_blocking=True))
+
+
+def network_input(imgs: torch.Tensor, cfg: TrainConfig, stride: int, epoch: int, step: int) -> torch.Tensor:
+    """uint8 batch on its device -> float in [0, 1] (channels-last with --channels-last), resized for --multi-scale."""
+    imgs = imgs.float() / 255
     if cfg.multi_scale:
         size = multi_scale_size(cfg, epoch, step, stride)
         if size != imgs.shape[-1]:

@@ -157,7 +157,7 @@ def _validate_shard(
     dtype = torch.float16 if settings.half and device.type == "cuda" and is_module else torch.float32
     layout = _memory_format(model) if is_module else torch.contiguous_format
     shard = _Shard(records={}, loss_sum=torch.zeros(3, device=device))
-    for batch_index, (imgs, targets, paths, shapes) in enumerate(loader):
+    for batch_index, (imgs, targets, paths, shapes, _) in enumerate(loader):
         t0 = time.perf_counter()
         imgs = (imgs.to(device, non_blocking=True).to(dtype) / 255).contiguous(memory_format=layout)
         targets = targets.to(device)
