@@ -216,3 +216,17 @@ def test_mixup_blends_and_keeps_both_label_sets():
     img, lb = mixup(a, np.ones((2, 5), np.float32), b, np.zeros((3, 5), np.float32), np.random.default_rng(0))
     assert lb.shape == (5, 5) and img.dtype == np.uint8
     assert 60 < img.mean() < 140  # Beta(32, 32) is close to an even blend
+
+
+def test_normalised_labels_are_xyxy2xywhn_clipped():
+    """policy's hot-path conversion against ops.boxes' (boxes reaching outside the image included)."""
+    from yolodist.augment.policy import _normalised
+
+    rng = np.random.default_rng(0)
+    for h, w in ((320, 320), (256, 384), (417, 33)):
+        px = np.concatenate([rng.integers(0, 5, (60, 1)), rng.uniform(-80, 500, (60, 4))], 1).astype(np.float32)
+        expected = px.copy()
+        expected[:, 1:] = xyxy2xywhn(px[:, 1:].copy(), w, h, clip=True)
+        got = _normalised(np.zeros((h, w, 3), np.uint8), px)
+        assert got.dtype == np.float32 and np.array_equal(got, expected)
+    assert _normalised(np.zeros((8, 8, 3), np.uint8), np.zeros((0, 5))).shape == (0, 5)

@@ -113,3 +113,17 @@ def test_integer_input_is_not_truncated():
     out = xywh2xyxy(torch.tensor([[10, 20, 5, 5]]))
     assert out.is_floating_point()
     torch.testing.assert_close(out, torch.tensor([[7.5, 17.5, 12.5, 22.5]]))
+
+
+def test_per_row_frames_are_each_rows_own_conversion():
+    """A mosaic converts all its tiles' boxes in one call, each row with its own tile's size and offset:
+    the same float32 values as one call per tile."""
+    rng = np.random.default_rng(0)
+    boxes = rng.uniform(0, 1, (40, 4)).astype(np.float32)
+    frames = rng.integers(1, 700, (40, 4)).astype(np.float32)
+    frames[:, 2:] -= 350  # paddings are negative for the left and top tiles
+    w, h, padw, padh = frames.T
+    together = xywhn2xyxy(boxes, w, h, padw, padh)
+    rows = zip(boxes, frames.astype(int).tolist(), strict=True)
+    one_by_one = np.stack([xywhn2xyxy(b, *frame) for b, frame in rows])
+    assert together.dtype == np.float32 and np.array_equal(together, one_by_one)

@@ -46,7 +46,7 @@ def test_same_pixels_as_the_warp_with_the_applied_matrix(draw):
         m, _ = _affine_matrix(img.shape[:2], (128, 128), np.random.default_rng(seed), draw)
         assert is_scale_and_shift(m)
         out, applied = scale_and_shift(img, m, (128, 128))
-        assert out.shape == (128, 128, 3) and out.flags.c_contiguous
+        assert out.shape == (128, 128, 3) and out.strides[1:] == (3, 1)  # rows of pixels, as OpenCV reads them
         np.testing.assert_array_equal(np.diag(applied)[:2], np.diag(m)[:2])  # the scale as drawn
         shift = np.abs(applied[:2, 2] - m[:2, 2]) / np.diag(m)[:2]  # in source pixels
         assert (shift <= 0.5 + 1e-9).all()
@@ -140,3 +140,32 @@ def test_cached_tiles_are_never_written():
     out[:] = 0  # the HSV jitter writes into the sample in place
     for i in range(4):
         np.testing.assert_array_equal(frozen[i][0], before[i])
+
+
+def _product_of_five(in_shape, out_shape, rng, params):
+    """The documented matrix: centre, perspective, rotation/scale, shear, translation, multiplied out."""
+    degrees, translate, scale, shear, perspective = params
+    height, width = out_shape
+    c, p, rot, sh, t = (np.eye(3) for _ in range(5))
+    c[0, 2], c[1, 2] = -in_shape[1] / 2, -in_shape[0] / 2
+    p[2, 0], p[2, 1] = rng.uniform(-perspective, perspective), rng.uniform(-perspective, perspective)
+    a, s = rng.uniform(-degrees, degrees), rng.uniform(1 - scale, 1 + scale)
+    rot[:2] = cv2.getRotationMatrix2D(center=(0, 0), angle=a, scale=s)
+    sh[0, 1] = math.tan(rng.uniform(-shear, shear) * math.pi / 180)
+    sh[1, 0] = math.tan(rng.uniform(-shear, shear) * math.pi / 180)
+    t[0, 2] = rng.uniform(0.5 - translate, 0.5 + translate) * width
+    t[1, 2] = rng.uniform(0.5 - translate, 0.5 + translate) * height
+    return t @ sh @ rot @ p @ c, s
+
+
+@pytest.mark.parametrize("params", [DEFAULT_DRAW, (0.0, 0.2, 0.9, 0.0, 0.0), (10.0, 0.1, 0.5, 2.0, 0.001)])
+def test_the_drawn_matrix_is_the_product_of_its_five_factors_exactly(params):
+    """Scale and translation alone are written out without the identity factors: the same bits, the same
+    draws (the rng is left where the product leaves it)."""
+    for seed in range(300):
+        ours, theirs = np.random.default_rng(seed), np.random.default_rng(seed)
+        in_shape, out_shape = (640 + seed % 7, 640 - seed % 5), (320, 320 + 32 * (seed % 3))
+        m, s = _affine_matrix(in_shape, out_shape, ours, params)
+        ref_m, ref_s = _product_of_five(in_shape, out_shape, theirs, params)
+        assert np.array_equal(m, ref_m) and s == ref_s, (seed, m, ref_m)
+        assert ours.random() == theirs.random()

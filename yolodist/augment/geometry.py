@@ -73,19 +73,28 @@ def _affine_matrix(
     """3x3 matrix: centre -> perspective -> rotate/scale -> shear -> translate; and the scale drawn."""
     degrees, translate, scale, shear, perspective = params
     height, width = out_shape
-    c = np.eye(3)
-    c[0, 2], c[1, 2] = -in_shape[1] / 2, -in_shape[0] / 2  # move the image centre to the origin
-    p = np.eye(3)
-    p[2, 0], p[2, 1] = rng.uniform(-perspective, perspective), rng.uniform(-perspective, perspective)
-    rot = np.eye(3)
+    # Drawn in this order whatever the hyperparameters (a sample's draws must not depend on them).
+    px, py = rng.uniform(-perspective, perspective), rng.uniform(-perspective, perspective)
     a, s = rng.uniform(-degrees, degrees), rng.uniform(1 - scale, 1 + scale)
+    shx = math.tan(rng.uniform(-shear, shear) * math.pi / 180)
+    shy = math.tan(rng.uniform(-shear, shear) * math.pi / 180)
+    tx = rng.uniform(0.5 - translate, 0.5 + translate) * width
+    ty = rng.uniform(0.5 - translate, 0.5 + translate) * height
+    cx, cy = -in_shape[1] / 2, -in_shape[0] / 2  # move the image centre to the origin
+    if a == 0 and px == 0 and py == 0 and shx == 0 and shy == 0:
+        # Scale and translation only (upstream's hyperparameter files): the product below, written out
+        # (the identity factors' products are exact, so this is the same matrix).
+        return np.array([[s, 0.0, s * cx + tx], [0.0, s, s * cy + ty], [0.0, 0.0, 1.0]]), s
+    c = np.eye(3)
+    c[0, 2], c[1, 2] = cx, cy
+    p = np.eye(3)
+    p[2, 0], p[2, 1] = px, py
+    rot = np.eye(3)
     rot[:2] = cv2.getRotationMatrix2D(center=(0, 0), angle=a, scale=s)
     sh = np.eye(3)
-    sh[0, 1] = math.tan(rng.uniform(-shear, shear) * math.pi / 180)
-    sh[1, 0] = math.tan(rng.uniform(-shear, shear) * math.pi / 180)
+    sh[0, 1], sh[1, 0] = shx, shy
     t = np.eye(3)
-    t[0, 2] = rng.uniform(0.5 - translate, 0.5 + translate) * width
-    t[1, 2] = rng.uniform(0.5 - translate, 0.5 + translate) * height
+    t[0, 2], t[1, 2] = tx, ty
     return t @ sh @ rot @ p @ c, s  # order matters: the right-most is applied first
 
 
@@ -131,7 +140,7 @@ def scale_and_shift(
     x0, nx, jx, bx = _resize_window(-m[0, 2] / kx, kx, width)
     y0, ny, jy, by = _resize_window(-m[1, 2] / ky, ky, height)
     out = cv2.resize(window(img, x0, y0, nx, ny), None, fx=kx, fy=ky, interpolation=cv2.INTER_LINEAR)
-    out = np.ascontiguousarray(out[jy : jy + height, jx : jx + width])
+    out = out[jy : jy + height, jx : jx + width]  # a view: OpenCV reads and writes such a region in place
     applied = np.array([[kx, 0.0, -kx * bx], [0.0, ky, -ky * by], [0.0, 0.0, 1.0]])
     return out, applied
 
@@ -173,11 +182,9 @@ def random_perspective(  # noqa: PLR0913 (upstream's argument list, kept for fam
     xy = np.ones((n * 4, 3))
     xy[:, :2] = labels[:, [1, 2, 3, 4, 1, 4, 3, 2]].reshape(n * 4, 2)  # corners x1y1, x2y2, x1y2, x2y1
     xy = xy @ m.T
-    xy = (xy[:, :2] / xy[:, 2:3] if perspective else xy[:, :2]).reshape(n, 8)
-    x, y = xy[:, [0, 2, 4, 6]], xy[:, [1, 3, 5, 7]]
-    new = np.stack([x.min(1), y.min(1), x.max(1), y.max(1)], axis=1)
-    new[:, [0, 2]] = new[:, [0, 2]].clip(0, width)
-    new[:, [1, 3]] = new[:, [1, 3]].clip(0, height)
+    corners = (xy[:, :2] / xy[:, 2:3] if perspective else xy[:, :2]).reshape(n, 4, 2)
+    new = np.concatenate([corners.min(1), corners.max(1)], axis=1)  # x1, y1, x2, y2 enclosing the corners
+    np.clip(new, 0, (width, height, width, height), out=new)
     keep = box_candidates(labels[:, 1:5].T * s, new.T, area_thr=0.10)
     out = labels[keep]
     out[:, 1:5] = new[keep]

@@ -34,7 +34,7 @@ def mosaic4_tiled(
     s = img_size
     yc, xc = (int(rng.uniform(s // 2, 2 * s - s // 2)) for _ in range(2))  # centre in the middle half
     canvas = TiledImage((2 * s, 2 * s, 3))
-    all_labels = []
+    all_labels, frames = [], []  # frames: (w, h, padw, padh) of each tile, one row per label
     for pos, index in enumerate(indices[:4]):
         loaded = load_fn(index)
         img, labels = loaded[0], loaded[1]
@@ -52,12 +52,16 @@ def mosaic4_tiled(
         xb1 = w - (xa2 - xa1) if pos in (0, 2) else 0
         yb1 = h - (ya2 - ya1) if pos in (0, 1) else 0
         canvas.paste(ya1, xa1, img[yb1 : yb1 + (ya2 - ya1), xb1 : xb1 + (xa2 - xa1)])
-        padw, padh = xa1 - xb1, ya1 - yb1
-        lb = np.asarray(labels, dtype=np.float32).reshape(-1, 5).copy()
-        if len(lb):
-            lb[:, 1:] = xywhn2xyxy(lb[:, 1:], w, h, padw, padh)
+        lb = np.asarray(labels, dtype=np.float32).reshape(-1, 5)
         all_labels.append(lb)
-    out = np.concatenate(all_labels, 0) if all_labels else np.zeros((0, 5), np.float32)
+        frames.append(np.broadcast_to(np.array([w, h, xa1 - xb1, ya1 - yb1], np.float32), (len(lb), 4)))
+    if not all_labels:
+        return canvas, np.zeros((0, 5), np.float32)
+    out = np.concatenate(all_labels, 0)  # a new array: the loaded labels are never written
+    if len(out):
+        # All tiles' boxes at once, each in its own tile's frame (float32 throughout, as one by one).
+        w, h, padw, padh = np.concatenate(frames, 0).T
+        out[:, 1:] = xywhn2xyxy(out[:, 1:], w, h, padw, padh)
     out[:, 1:] = out[:, 1:].clip(0, 2 * s)
     return canvas, out
 

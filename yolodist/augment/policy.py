@@ -16,7 +16,7 @@ import numpy as np
 from yolodist.augment.color import apply_hsv_table, hsv_table
 from yolodist.augment.geometry import fliplr, flipud, letterbox, random_perspective
 from yolodist.augment.mosaic import LoadFn, mixup, mosaic4_tiled
-from yolodist.ops.boxes import xywhn2xyxy, xyxy2xywhn
+from yolodist.ops.boxes import xywhn2xyxy
 
 if TYPE_CHECKING:
     from yolodist.config.schema import Hyp
@@ -38,9 +38,22 @@ def _letterboxed(loaded: tuple, shape: tuple[int, int], scaleup: bool) -> tuple[
 
 
 def _normalised(img: np.ndarray, px: np.ndarray) -> np.ndarray:
+    """Pixel (cls, x1, y1, x2, y2) -> (cls, cx, cy, w, h) normalised to ``img``, corners clipped to it first.
+
+    ``ops.boxes.xyxy2xywhn(clip=True)`` written out for numpy rows: a sample's hot path, same values."""
     out = np.asarray(px, dtype=np.float32).reshape(-1, 5).copy()
-    if len(out):
-        out[:, 1:] = xyxy2xywhn(out[:, 1:], img.shape[1], img.shape[0], clip=True)
+    if not len(out):
+        return out
+    h, w = img.shape[:2]
+    xy = out[:, 1:].T  # rows x1, y1, x2, y2 (views into out)
+    np.maximum(xy, 0, out=xy)
+    np.minimum(xy[0::2], w, out=xy[0::2])
+    np.minimum(xy[1::2], h, out=xy[1::2])
+    x1, y1, x2, y2 = xy.copy()
+    out[:, 1] = ((x1 + x2) / 2) / w
+    out[:, 2] = ((y1 + y2) / 2) / h
+    out[:, 3] = (x2 - x1) / w
+    out[:, 4] = (y2 - y1) / h
     return out
 
 

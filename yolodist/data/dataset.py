@@ -271,10 +271,9 @@ class YoloDataset(Dataset):
             hsv = None if table is None else torch.from_numpy(table)
         else:
             img, labels, shapes = self.policy(*args, n=len(self), shape=shape, partners=cdf)
-        out = torch.zeros((len(labels), 6), dtype=torch.float32)
-        if len(labels):
-            out[:, 1:] = torch.from_numpy(np.asarray(labels, dtype=np.float32))
+        out = np.zeros((len(labels), 6), dtype=np.float32)
+        out[:, 1:] = labels
         # [3, H, W] RGB over HWC memory (channels-last): no transposition here, and collate stacks the
         # batch channels-last, the layout the model trains in.
-        rgb = cv2.cvtColor(np.ascontiguousarray(img), cv2.COLOR_BGR2RGB)
-        return torch.from_numpy(rgb).permute(2, 0, 1), out, self.im_files[actual], shapes, hsv
+        rgb = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)  # also takes a region of a larger array (rows strided)
+        return torch.from_numpy(rgb).permute(2, 0, 1), torch.from_numpy(out), self.im_files[actual], shapes, hsv

@@ -150,9 +150,9 @@ class ImageCache:
                 return None
         if self._status[i] != _OK:
             return None
-        h, w = (int(v) for v in self.plan.shapes[i])
+        h, w = self.plan.shapes[i].tolist()
         img = np.frombuffer(self._map, dtype=np.uint8, count=h * w * 3, offset=int(self.plan.offsets[i]))
-        h0, w0 = (int(v) for v in self.plan.originals[i])
+        h0, w0 = self.plan.originals[i].tolist()
         return img.reshape(h, w, 3), (h0, w0)
 
     def close(self) -> None:
