@@ -109,6 +109,44 @@ def test_amp_float16_step_matches_float32_on_one_batch(tiny_shapes, record_prope
     probes.check_amp(figures)
 
 
+def test_hsv_jitter_on_cuda_is_the_loaders(tiny_shapes, record_property):
+    """--hsv-jitter device (the default on CUDA): the training batch jittered on the GPU equals the one the
+    loader jitters on the CPU, bit for bit; the time it takes on the GPU for a 16 x 640 px batch."""
+    import time
+
+    import numpy as np
+
+    from yolodist.augment.color import hsv_table
+    from yolodist.augment.color_batch import hsv_batch
+    from yolodist.config.schema import Hyp
+    from yolodist.data.dataset import YoloDataset
+    from yolodist.data.loader import collate
+    from yolodist.data.spec import load_data_spec
+
+    spec = load_data_spec(tiny_shapes)
+    sets = {d: YoloDataset(spec.train, 128, augment=True, hyp=Hyp(), seed=2, defer_hsv=d) for d in (False, True)}
+    keys = [(e, i) for e in range(3) for i in range(len(sets[True]))]
+    loader, deferred = (collate([sets[d][k] for k in keys]) for d in (False, True))
+    started = time.perf_counter()
+    on_gpu = hsv_batch(deferred.imgs.to("cuda:0"), deferred.hsv.to("cuda:0")).cpu()  # also builds the tables
+    build_s = time.perf_counter() - started
+    imgs = torch.randint(0, 256, (16, 3, 640, 640), dtype=torch.uint8, device="cuda:0")
+    imgs = imgs.contiguous(memory_format=torch.channels_last)
+    rng = np.random.default_rng(0)
+    tables = torch.from_numpy(np.stack([hsv_table(rng, 0.015, 0.7, 0.4) for _ in range(16)])).to("cuda:0")
+    times = []
+    for _ in range(20):
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        hsv_batch(imgs, tables)
+        torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    mismatched = int((on_gpu != loader.imgs).sum())
+    figures = {"hsv_tables_s": build_s, "hsv_batch16x640_ms": 1e3 * sorted(times)[10], "mismatched": mismatched}
+    record(record_property, figures)
+    assert mismatched == 0
+
+
 # Two ranks on the one GPU, joined by gloo (NCCL refuses two ranks on one device; gloo moves CUDA
 # tensors through the host). torch's SyncBatchNorm falls back to plain BatchNorm at world size 1, so
 # two ranks are needed for its CUDA path (batch_norm_stats, all_gather, gather_stats_with_counts,
