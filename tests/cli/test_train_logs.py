@@ -61,7 +61,8 @@ def test_a_batch_job_log_has_plain_lines(tmp_path, tiny_shapes):
     progress = [PROGRESS_LINE.match(line) for line in lines]
     # Epochs of 4 batches take a second or two: only each epoch's last batch has its line.
     assert [(m.group(1), m.group(2)) for m in progress if m] == [("0", "4"), ("1", "4")], text[-3000:]
-    assert sum(bool(TABLE_HEADER.match(line)) for line in lines) == 2  # one summary block per epoch
+    # One summary block per epoch, and best.pt's at the end (as upstream's "Validating best.pt...").
+    assert sum(bool(TABLE_HEADER.match(line)) for line in lines) == 3
     assert [line.split(":")[0] for line in lines if re.match(r"^epoch \d+: \d+ images in", line)] == [
         "epoch 0",
         "epoch 1",

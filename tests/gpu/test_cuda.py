@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import ROOT, free_port, run_script
+from tests.conftest import ROOT, free_port, run_script, val_images
 from tests.gpu import probes
 
 pytestmark = [
@@ -316,52 +316,6 @@ def metrics(proc) -> list[float]:
     found = ALL_ROW.findall(proc.stdout + proc.stderr)
     assert len(found) == 1, proc.stdout[-2000:]
     return [float(v) for v in found[0]]
-
-
-def val_images(data: Path, size: int) -> torch.Tensor:
-    """The val images of the tiny set, resized to ``size`` square, as a 0-1 float RGB batch."""
-    import cv2
-    import numpy as np
-
-    files = sorted((data.parent / "images" / "val").iterdir())
-    imgs = [cv2.resize(cv2.imread(str(f))[..., ::-1], (size, size)) for f in files]
-    return torch.from_numpy(np.stack(imgs)).permute(0, 3, 1, 2).float() / 255
-
-
-@pytest.fixture(scope="module")
-def calibrated_checkpoint(tmp_path_factory, tiny_shapes) -> Path:
-    """An untrained YOLOv5n whose BatchNorm statistics were measured on the tiny val images.
-
-    With a fresh model's statistics (mean 0, variance 1) the signal fades layer by layer and the
-    predictions hardly depend on the image (measured: 2e-4 px between two different images, less than
-    float16 changes them), so a half-precision path that mangled its input would still agree with
-    float32. Measured statistics keep the activations at unit scale: another image then moves the
-    predictions by 6 px and 0.026 in score on average. Objectness is raised so that val.py has boxes to score.
-    """
-    import yaml
-    from torch import nn
-
-    from tests.conftest import write_checkpoint
-
-    names = yaml.safe_load(tiny_shapes.read_text())["names"]
-    names = list(names.values()) if isinstance(names, dict) else list(names)
-    imgs = val_images(tiny_shapes, 128)
-
-    def calibrate(model: nn.Module) -> None:
-        for conv in model.detect.m:
-            conv.bias.view(model.detect.na, -1)[:, 4] += 3.0
-        norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
-        momenta = [m.momentum for m in norms]
-        for m in norms:
-            m.reset_running_stats()
-            m.momentum = None  # a cumulative average: after one batch, exactly that batch's statistics
-        model.train()
-        model(imgs)
-        model.eval()
-        for m, momentum in zip(norms, momenta, strict=True):
-            m.momentum = momentum
-
-    return write_checkpoint(tmp_path_factory.mktemp("weights") / "calibrated.pt", names, edit=calibrate)
 
 
 def mean_differences(got: torch.Tensor, want: torch.Tensor) -> tuple[float, float]:

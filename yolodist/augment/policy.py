@@ -9,7 +9,7 @@ original image, or ``None`` for a mosaic. ``load_fn(i)`` returns (image resized 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -107,22 +107,9 @@ class TrainAugment:
         canvas, px = mosaic4_tiled(load_fn, indices, self.img_size, rng)
         return self._perspective(canvas, px, rng, border=-(self.img_size // 2))
 
-    def __call__(
-        self,
-        index: int,
-        load_fn: LoadFn,
-        rng: np.random.Generator,
-        *,
-        n: int,
-        shape: tuple[int, int] | None = None,
-        partners: np.ndarray | None = None,
-    ) -> Sample:
-        """``n``: dataset size (mosaic/mixup partners are drawn from it). ``shape`` (h, w): rect training
-        batch shape; when given, mosaic is off and the sample is letterboxed to it (upstream --rect).
-        ``partners``: cumulative draw weights of the ``n`` images (``--image-weights``) that the three
-        other images of a mosaic are drawn by; None draws them uniformly. The mixup image is uniform, as
-        upstream's."""
-        img, labels, shapes, table = self.before_colour(index, load_fn, rng, n=n, shape=shape, partners=partners)
+    def __call__(self, index: int, load_fn: LoadFn, rng: np.random.Generator, **draw: Any) -> Sample:
+        """The training sample: ``before_colour``'s (same keywords), with its HSV jitter applied."""
+        img, labels, shapes, table = self.before_colour(index, load_fn, rng, **draw)
         if table is not None:
             apply_hsv_table(img, table)
         return img, labels, shapes
@@ -137,9 +124,15 @@ class TrainAugment:
         shape: tuple[int, int] | None = None,
         partners: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray, Shapes | None, np.ndarray | None]:
-        """The sample of ``__call__`` (same arguments, same draws) before its HSV jitter, and the jitter's
-        ``color.hsv_table`` (None when the hyperparameters have none). The jitter maps each pixel on its
-        own, so applying the table to this image later gives ``__call__``'s image exactly."""
+        """The sample before its HSV jitter, and the jitter's ``color.hsv_table`` (None when the
+        hyperparameters have none). The jitter maps each pixel on its own, so applying the table to this
+        image later gives ``__call__``'s image exactly.
+
+        ``n``: dataset size (mosaic/mixup partners are drawn from it). ``shape`` (h, w): rect training
+        batch shape; when given, mosaic is off and the sample is letterboxed to it (upstream --rect).
+        ``partners``: cumulative draw weights of the ``n`` images (``--image-weights``) that the three
+        other images of a mosaic are drawn by; None draws them uniformly. The mixup image is uniform, as
+        upstream's."""
         hyp, shapes = self.hyp, None
         if shape is None and rng.random() < hyp.mosaic:
             img, px = self._mosaic(index, load_fn, rng, n, partners)

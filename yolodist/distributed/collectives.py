@@ -68,6 +68,15 @@ def broadcast_object(obj: object, env: DistEnv, src: int = 0) -> object:
     return box[0]
 
 
+def broadcast_state(module: torch.nn.Module, env: DistEnv, src: int = 0) -> None:
+    """Copy rank ``src``'s parameters and buffers of ``module`` to every rank, in place."""
+    if not env.is_distributed:
+        return
+    with torch.no_grad():
+        for tensor in (*module.parameters(), *module.buffers()):
+            dist.broadcast(tensor.data, src=src)
+
+
 def broadcast_buffers(module: torch.nn.Module, env: DistEnv, src: int = 0) -> None:
     """Copy rank ``src``'s buffers (BatchNorm running statistics, ...) of ``module`` to every rank, in place."""
     if not env.is_distributed:

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from yolodist.checkpoint.files import load_checkpoint
 from yolodist.config.schema import Hyp, TrainConfig
 from yolodist.data.dataset import YoloDataset
 from yolodist.data.image_weights import epoch_image_weights
@@ -26,7 +27,7 @@ from yolodist.engine.build import DataParts
 from yolodist.engine.epoch import train_one_epoch
 from yolodist.engine.run import Run, RunProgress, forget_run, setup
 from yolodist.engine.saving import interrupted, release_best, skipping, try_save_epoch
-from yolodist.errors import CannotSave, DistFailure
+from yolodist.errors import BadCheckpoint, CannotSave, DistFailure
 from yolodist.eval import plots
 from yolodist.eval.pipeline import run_val
 from yolodist.eval.validator import ValResult
@@ -86,15 +87,14 @@ def fit(cfg: TrainConfig, env: DistEnv, hyp: Hyp | None = None) -> FitResult:
         run.reporter.close()
     forget_run(cfg, env)
     if env.is_main:
+        LOGGER.info(f"\n{epoch - run.start_epoch + 1} epochs completed in {(time.time() - t0) / 3600:.3f} hours.")
         release_best(run)
+    if validates_best(run):
+        result = validate_best(run) or result
     if plotting and (run.save_dir / "results.csv").is_file():
         plots.safe_plot(plots.plot_results, run.save_dir / "results.csv")
     if env.is_main:
-        hours = (time.time() - t0) / 3600
-        LOGGER.info(
-            f"\n{epoch - run.start_epoch + 1} epochs completed in {hours:.3f} hours.\n"
-            f"Results saved to {colorstr(str(run.save_dir), 'bold')}"
-        )
+        LOGGER.info(f"Results saved to {colorstr(str(run.save_dir), 'bold')}")
     return FitResult(run.save_dir, epoch - run.start_epoch + 1, progress.best_fitness, result, run.hyp)
 
 
@@ -204,7 +204,9 @@ def validate_epoch(run: Run, final_epoch: bool, guard: Guard | None = None) -> V
     cfg = run.cfg
     if run.data.val_loader is None or (cfg.noval and not final_epoch):
         return None
-    val_cfg = dataclasses.replace(cfg.val_config(), noplots=cfg.noplots or not final_epoch)
+    # The per-class table and the plots come with the last validation: best.pt's when there is one.
+    detailed = final_epoch and not validates_best(run)
+    val_cfg = dataclasses.replace(cfg.val_config(), noplots=cfg.noplots or not detailed)
     # Without --sync-bn each rank's EMA has its own BatchNorm statistics; every rank validates rank 0's.
     collectives.broadcast_buffers(run.ema.ema, run.env)
     batches = run.data.val_loader if guard is None else guard.watched(run.data.val_loader)
@@ -216,5 +218,44 @@ def validate_epoch(run: Run, final_epoch: bool, guard: Guard | None = None) -> V
         run.data.names,
         run.save_dir,
         loss_fn=run.ctx.loss_fn.items,
-        report=lambda result: run.reporter.validation(result, per_class=final_epoch),
+        report=lambda result: run.reporter.validation(result, per_class=detailed),
+    )
+
+
+def validates_best(run: Run) -> bool:
+    """Whether training ends as upstream's does, validating best.pt (a validation set, and best.pt saved)."""
+    return run.data.val_loader is not None and not run.cfg.nosave
+
+
+def validate_best(run: Run) -> ValResult | None:
+    """Upstream's last step: validate best.pt as released (its float16 weights), per class, with the plots.
+
+    Every rank takes part (each validates its shard), with the weights rank 0 read from the file. None,
+    with one warning, when best.pt cannot be read: the last epoch's validation then stands.
+    """
+    best = run.save_dir / "weights" / "best.pt"
+    model = run.ema.ema  # training is over: the EMA model holds best.pt's weights from here on
+    loaded = False
+    if run.env.is_main and best.is_file():
+        try:
+            ckpt = load_checkpoint(best)
+            model.load_state_dict(ckpt.get("ema") or ckpt["model"])  # float16 values into float32 tensors
+            loaded = True
+        except (BadCheckpoint, KeyError, RuntimeError) as e:
+            LOGGER.warning(f"cannot validate {best} ({e}); the last epoch's validation stands")
+    if not collectives.broadcast_object(loaded, run.env):
+        return None
+    if run.env.is_main:
+        LOGGER.info(f"\nValidating {best}...")
+    collectives.broadcast_state(model, run.env)
+    val_cfg = dataclasses.replace(run.cfg.val_config(), noplots=run.cfg.noplots)
+    return run_val(
+        val_cfg,
+        run.env,
+        model,
+        run.data.val_loader,
+        run.data.names,
+        run.save_dir,
+        loss_fn=run.ctx.loss_fn.items,
+        report=lambda result: run.reporter.validation(result, per_class=True),
     )
