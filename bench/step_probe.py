@@ -1,11 +1,13 @@
 """The training step alone (no data loading): images/s of forward, loss, backward, optimiser and EMA.
 
     python bench/step_probe.py [--model yolov5n] [--img 320] [--batch 16] [--steps 10] [--rounds 2]
-                               [--variants eager contiguous compile] [--profile] [--layers] [--out JSON]
+                               [--variants eager contiguous fp32 compile] [--profile] [--layers] [--out JSON]
 
 What bench/train_speed.py's loop figure is made of, lever by lever, on one fixed random batch (96
-boxes over 6 classes): ``eager`` is train.py's default step (channels-last, float32), ``contiguous``
-the same with NCHW tensors, ``compile`` the eager step with the model under ``torch.compile``
+boxes over 6 classes): ``eager`` is train.py's default step (channels-last, and ``--amp auto``'s
+precision: bfloat16 autocast on CPUs that compute it natively, float32 elsewhere), ``contiguous``
+the same with NCHW tensors, ``fp32`` the same in float32 (``--amp off``; the same as ``eager`` on
+CPUs without native bfloat16), ``compile`` the eager step with the model under ``torch.compile``
 (inductor; its compile time, the first step, is reported apart, from an empty inductor cache each
 time: what a machine's first training pays; later runs reuse the cache and compile in seconds).
 Each measurement is a fresh process with torch's default threads: 3 warm-up steps, then
@@ -31,12 +33,12 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-VARIANTS = ("eager", "contiguous", "compile")
+VARIANTS = ("eager", "contiguous", "fp32", "compile")
 KINDS = {"convolution": ("conv",), "batch norm and SiLU": ("batch_norm", "silu")}
 
 
 def build_step(args: argparse.Namespace, variant: str):
-    """A closure doing one training step as the trainer does, and the model it trains."""
+    """A closure doing one training step as the trainer does, and the precision it computes in."""
     sys.path.insert(0, str(ROOT))
     import torch
 
@@ -44,6 +46,7 @@ def build_step(args: argparse.Namespace, variant: str):
     from yolodist.engine.ema import ModelEMA
     from yolodist.engine.loss import YoloLoss, reduce_loss
     from yolodist.engine.optim import build_optimizer
+    from yolodist.engine.precision import autocast_dtype
     from yolodist.models import Model
 
     torch.manual_seed(0)
@@ -53,6 +56,7 @@ def build_step(args: argparse.Namespace, variant: str):
     loss_fn = YoloLoss(model.detect.anchors, 6, hyp, img_size=args.img)
     optimizer = build_optimizer(model, "SGD", hyp.lr0, hyp.momentum, hyp.weight_decay)
     ema = ModelEMA(model)
+    dtype = autocast_dtype("off" if variant == "fp32" else "auto", torch.device("cpu"))
     net = torch.compile(model) if variant == "compile" else model
     imgs = torch.rand(args.batch, 3, args.img, args.img).contiguous(memory_format=layout)
     g = torch.Generator().manual_seed(0)
@@ -68,19 +72,20 @@ def build_step(args: argparse.Namespace, variant: str):
     )
 
     def step() -> None:
-        terms = loss_fn(net(imgs), targets)
+        with torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):  # as the trainer's step
+            terms = loss_fn([p.float() for p in net(imgs)], targets)
         loss, _ = reduce_loss(terms, terms.counts, loss_fn.weights, batch_size=args.batch)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         ema.update(model)
 
-    return step
+    return step, str(dtype or torch.float32).removeprefix("torch.")
 
 
 def measure(args: argparse.Namespace) -> dict:
     """One variant in this process: first-step seconds, images/s, and (eager, --profile) the operator shares."""
-    step = build_step(args, args.variant)
+    step, precision = build_step(args, args.variant)
     started = time.perf_counter()
     step()
     first = time.perf_counter() - started
@@ -89,7 +94,7 @@ def measure(args: argparse.Namespace) -> dict:
     started = time.perf_counter()
     for _ in range(args.steps):
         step()
-    result = {"variant": args.variant, "first_step_s": first}
+    result = {"variant": args.variant, "first_step_s": first, "precision": precision}
     result["images_per_s"] = args.steps * args.batch / (time.perf_counter() - started)
     if args.profile and args.variant == "eager":
         result["shares"] = operator_shares(step)
@@ -140,8 +145,8 @@ def main() -> None:
                 raise SystemExit(f"{variant} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
             res = json.loads(lines[-1])
             runs[variant].append(res)
-            rate, first = res["images_per_s"], res["first_step_s"]
-            print(f"round {r} {variant:>10}: {rate:.1f} images/s, first step {first:.1f} s", flush=True)
+            rate, first, precision = res["images_per_s"], res["first_step_s"], res["precision"]
+            print(f"round {r} {variant:>10}: {rate:.1f} images/s, first step {first:.1f} s, {precision}", flush=True)
     report(runs, args)
 
 
@@ -150,12 +155,15 @@ def report(runs: dict[str, list[dict]], args: argparse.Namespace) -> None:
     import accuracy
 
     results = []
-    print(f"\n{'variant':>10}  images/s median [min, max]   first step s median")
+    print(f"\n{'variant':>10}  images/s median [min, max]   first step s median   precision")
     for variant, rs in runs.items():
         rates = [x["images_per_s"] for x in rs]
         first = statistics.median(x["first_step_s"] for x in rs)
-        print(f"{variant:>10}  {statistics.median(rates):6.1f} [{min(rates):.1f}, {max(rates):.1f}]{'':>12}{first:.1f}")
-        results.append({"variant": variant, "images_per_s": rates, "first_step_s": [x["first_step_s"] for x in rs]})
+        precision = rs[0]["precision"]
+        spread = f"{statistics.median(rates):6.1f} [{min(rates):.1f}, {max(rates):.1f}]"
+        print(f"{variant:>10}  {spread}{'':>12}{first:5.1f}{'':>17}{precision}")
+        results.append({"variant": variant, "precision": precision, "images_per_s": rates})
+        results[-1]["first_step_s"] = [x["first_step_s"] for x in rs]
         for shares in (x["shares"] for x in rs if "shares" in x):
             print("            " + ", ".join(f"{k} {v:.0%}" for k, v in shares.items()))
             results[-1].setdefault("shares", []).append(shares)

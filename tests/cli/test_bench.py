@@ -7,8 +7,10 @@ covers on its own, and they cost two minutes of the 2-core suite.
 import json
 
 import pytest
+import torch
 
 from tests.conftest import ROOT, run_script
+from yolodist.engine.precision import native_bf16
 
 pytestmark = pytest.mark.slow
 
@@ -110,11 +112,14 @@ def test_input_pipeline_bench_times_loaders_and_measures_training_memory(tmp_pat
 def test_step_probe_times_each_variant_and_profiles(tmp_path):
     out = tmp_path / "step.json"
     args = [str(ROOT / "bench" / "step_probe.py"), "--img", "64", "--batch", "2", "--steps", "1", "--rounds", "1"]
-    args += ["--variants", "eager", "contiguous", "--profile", "--layers", "--out", str(out)]
+    args += ["--variants", "eager", "fp32", "--profile", "--layers", "--out", str(out)]
     proc = run_script(args, cwd=tmp_path, timeout=220)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     results = json.loads(out.read_text())["results"]
-    assert [r["variant"] for r in results] == ["eager", "contiguous", "layers"]
+    assert [r["variant"] for r in results] == ["eager", "fp32", "layers"]
+    # eager is the trainer's --amp auto: bfloat16 only where the CPU computes it natively
+    assert results[0]["precision"] == ("bfloat16" if native_bf16(torch.device("cpu")) else "float32")
+    assert results[1]["precision"] == "float32"
     layers = results.pop()["convolutions"]
     assert len(layers) == 60 and layers[0]["input"] == [2, 3, 64, 64]  # YOLOv5n's convolutions, the stem first
     assert all(len(r["ms"]) == 4 and r["fastest"] in r["ms"] and min(r["ms"].values()) > 0 for r in layers)
