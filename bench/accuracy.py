@@ -1,6 +1,6 @@
 """Accuracy against upstream YOLOv5 7.0 at identical settings, both runs' best.pt scored by one validator.
 
-    python bench/accuracy.py [--settings 320 192] [--seeds 0 1] [--trainers yolodist upstream full-decode]
+    python bench/accuracy.py [--settings 320 192] [--seeds 0 1] [--trainers yolodist upstream full-decode fp32]
                              [--work DIR] [--out JSON]
 
 For each setting and seed, yolodist's ``train.py`` and upstream's ``yolov5 train`` (PyPI package
@@ -20,6 +20,10 @@ Settings (``--settings``):
   ``--no-scaled-decode``, the full decode and resize upstream does).
 - ``192``: 1,024 / 256 images of 192 px, 14 epochs, batch 16, 1 worker, 1 thread (docs/training.md).
 - ``smoke``: 16 / 8 images of 64 px, 1 epoch: checks that the bench runs, not accuracy.
+
+Trainers (``--trainers``): ``yolodist`` (train.py's defaults), ``upstream``, ``full-decode`` (above) and
+``fp32`` (yolodist with ``--amp off``: float32 where ``--amp auto`` would pick bfloat16, on CPUs
+that compute it natively).
 
 Prints a table per setting and seed and writes everything, per-epoch curves included, to
 bench/results/accuracy.json.
@@ -48,8 +52,8 @@ UPSTREAM = "yolov5==7.0.14"
 # What upstream 7.0 needs beside torch 2.14 (newer numpy/pandas/OpenCV/setuptools break it).
 UPSTREAM_PINS = ["torch==2.14.1", "torchvision==0.29.1", "numpy<2", "pandas<2.3", "opencv-python-headless<4.10"]
 UPSTREAM_PINS += ["setuptools<81"]
-TRAINERS = ("yolodist", "upstream", "full-decode")
-TRAINER_FLAGS = {"yolodist": [], "full-decode": ["--no-scaled-decode"]}  # yolodist's trainers
+TRAINERS = ("yolodist", "upstream", "full-decode", "fp32")
+TRAINER_FLAGS = {"yolodist": [], "full-decode": ["--no-scaled-decode"], "fp32": ["--amp", "off"]}  # yolodist's
 DATA_SIDES = ("yolodist", "upstream")  # one copy of the data per code base
 ALL_ROW = re.compile(r"^\s*all\s+(\d+)\s+(\d+)\s+(\S+)\s+(\S+)\s+(\S+)\s+(\S+)\s*$", re.MULTILINE)
 
