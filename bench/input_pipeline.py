@@ -21,8 +21,8 @@ trainer does; upstream's ``cache='ram'``, filled by its dataset's constructor). 
 as train.py trains on a GPU by default: the HSV jitter left to the GPU after batching, JPEGs at least
 twice the image size shrunk by the decoder; every variant also with ``--hsv-jitter loader`` (the
 jitter in the loader, train.py's default on a CPU), and the JPEG variants with ``--no-scaled-decode``
-(full decode, then resize). Every process of
-either side computes on one thread: OpenCV sequential, torch one thread, ``OMP_NUM_THREADS=1``.
+(full decode, then resize) and with cv2 decoding the JPEGs instead of simplejpeg ("cv2 decode"). Every
+process of either side computes on one thread: OpenCV sequential, torch one thread, ``OMP_NUM_THREADS=1``.
 After one warm-up batch (worker start-up), ``--batches`` batches are timed. The two sides take turns
 within each variant, the first of the pair swapping every round, for ``--rounds`` rounds; each
 figure is the median over rounds with min and max, never the best round, and the ratio is
@@ -63,9 +63,16 @@ ROOT = Path(__file__).resolve().parents[1]
 RATE_SCRIPT = ROOT / "bench" / "loader_rate.py"
 PARTS = ("speed", "memory")
 # "hsv-loader": yolodist with --hsv-jitter loader (train.py's default on a CPU);
-# "full-decode": yolodist with --no-scaled-decode (JPEG variants only: a cache holds decoded pixels).
-IMPLS = ("yolodist", "hsv-loader", "full-decode", "upstream")
-COLUMNS = {"yolodist": "yolodist", "hsv-loader": "--hsv-jitter loader", "full-decode": "--no-scaled-decode"}
+# "full-decode": yolodist with --no-scaled-decode, "cv2-decode": yolodist decoding JPEGs with cv2 instead of
+# simplejpeg (JPEG variants only: a cache holds decoded pixels).
+IMPLS = ("yolodist", "hsv-loader", "full-decode", "cv2-decode", "upstream")
+JPEG_ONLY = ("full-decode", "cv2-decode")
+COLUMNS = {
+    "yolodist": "yolodist",
+    "hsv-loader": "--hsv-jitter loader",
+    "full-decode": "--no-scaled-decode",
+    "cv2-decode": "cv2 decode",
+}
 BATCH = 16
 MEMORY_BATCH, MEMORY_WORKERS, MEMORY_MODEL = 8, 2, "yolov5n.yaml"
 MIB = 2**20
@@ -104,6 +111,8 @@ def loader_rate(
         flags = ["--impl", "yolodist", *flags[2:], "--no-scaled-decode"]
     if impl == "hsv-loader":
         flags = ["--impl", "yolodist", *flags[2:], "--hsv-jitter", "loader"]
+    if impl == "cv2-decode":
+        flags = ["--impl", "yolodist", *flags[2:], "--no-simplejpeg"]
     if impl == "upstream":
         python, env = upstream, accuracy.upstream_env(args.work, 1)
         env["PIN_MEMORY"] = "False"  # upstream pins by default; yolodist's loader does not, and no GPU reads these
@@ -130,7 +139,7 @@ def measure_speed(data: dict[str, Path], args: argparse.Namespace, upstream: Pat
         order = impls if r % 2 == 0 else impls[::-1]
         for v in variants:
             for impl in order:
-                if impl == "full-decode" and v[2]:
+                if impl in JPEG_ONLY and v[2]:
                     continue
                 res = loader_rate(impl, images[impl], *v, args, upstream)
                 runs[v][impl].append(res)

@@ -2,7 +2,7 @@
 
     PYTHON bench/loader_rate.py --impl yolodist|upstream --images DIR --img 640 [--batch 16]
                                 [--workers 2] [--cache] [--batches 20] [--warmup 1]
-                                [--no-scaled-decode] [--hsv-jitter device|loader]
+                                [--no-scaled-decode] [--no-simplejpeg] [--hsv-jitter device|loader]
 
 bench/input_pipeline.py runs this once per measurement, with upstream's virtual environment's Python
 for ``--impl upstream`` (that environment has no yolodist, so each side imports only its own code).
@@ -43,10 +43,13 @@ def yolodist_loader(args: argparse.Namespace) -> tuple[Iterator, int, float]:
     """
     sys.path.insert(0, str(ROOT))
     from yolodist.config.io import load_hyp
+    from yolodist.data import images
     from yolodist.data.dataset import YoloDataset
     from yolodist.data.loader import build_loader
     from yolodist.data.sampler import ShardedBatchSampler
 
+    if not args.simplejpeg:  # loader workers are forked and keep this
+        images.simplejpeg = None
     started = time.perf_counter()
     hyp = load_hyp("hyp.scratch-low.yaml")
     dataset = YoloDataset(
@@ -108,6 +111,15 @@ def upstream_loader(args: argparse.Namespace) -> tuple[Iterator, int, float]:
     return endless(), loader.num_workers, time.perf_counter() - started
 
 
+def jpeg_decoder(impl: str) -> str:
+    """The library that decoded the training JPEGs (upstream: cv2.imread)."""
+    if impl == "upstream":
+        return "cv2"
+    from yolodist.data import images
+
+    return "cv2" if images.simplejpeg is None else "simplejpeg"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--impl", choices=("yolodist", "upstream"), required=True)
@@ -130,6 +142,12 @@ def main() -> None:
         action=argparse.BooleanOptionalAction,
         default=True,
         help="yolodist: JPEGs shrunk by the decoder, train.py's default (--no-scaled-decode: full decode, then resize)",
+    )
+    parser.add_argument(
+        "--simplejpeg",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="yolodist: JPEGs decoded by simplejpeg where installed (--no-simplejpeg: by cv2, as before it)",
     )
     args = parser.parse_args()
     cv2.setNumThreads(0)
@@ -154,6 +172,7 @@ def main() -> None:
         "workers": workers,
         # whether the batches left the HSV jitter to the training device (yolodist's Batch.hsv tables)
         "hsv_after_batching": getattr(batch, "hsv", None) is not None,
+        "jpeg_decoder": jpeg_decoder(args.impl),
         "versions": {"torch": torch.__version__, "cv2": cv2.__version__},
     }
     print(json.dumps(result), flush=True)

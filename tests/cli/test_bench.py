@@ -91,6 +91,10 @@ def test_input_pipeline_bench_times_loaders_and_measures_training_memory(tmp_pat
     # --no-scaled-decode is measured beside the default on JPEGs only (a cache holds decoded pixels).
     assert speed[0]["full-decode"]["median"] > 0 and len(speed[0]["rounds"]["full-decode"]) == 1
     assert speed[1]["full-decode"] is None and not speed[1]["rounds"]["full-decode"]
+    # So is cv2's JPEG decode, against simplejpeg's (the default).
+    assert speed[0]["rounds"]["cv2-decode"][0]["jpeg_decoder"] == "cv2"
+    assert speed[0]["rounds"]["yolodist"][0]["jpeg_decoder"] == "simplejpeg"
+    assert speed[1]["cv2-decode"] is None and not speed[1]["rounds"]["cv2-decode"]
     # The jitter in the loader (train.py's CPU default) beside the default (left to the GPU), on every variant.
     assert all(r["hsv-loader"]["median"] > 0 and len(r["rounds"]["hsv-loader"]) == 1 for r in speed)
     assert all(r["rounds"]["yolodist"][0]["hsv_after_batching"] for r in speed)
