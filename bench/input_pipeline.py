@@ -1,7 +1,8 @@
 """Input pipeline against upstream YOLOv5 7.0: training dataloader images/s, and a short training's node memory.
 
     python bench/input_pipeline.py [--parts speed memory] [--images 256] [--source-size 640]
-                                   [--sizes 320 640] [--workers 2] [--batches 20] [--rounds 3]
+                                   [--sizes 320 640] [--sources jpeg ram disk] [--workers 2]
+                                   [--batches 20] [--rounds 3]
                                    [--memory-ranks 1 2] [--memory-rounds 3] [--no-upstream]
                                    [--work DIR] [--out JSON]
 
@@ -15,9 +16,12 @@ per measurement, yolodist's with our Python and upstream's with the Python of th
 environment bench/accuracy.py creates (``--upstream-venv``; when it is missing only yolodist is
 measured, and ``--no-upstream`` skips it on purpose). Variants: every ``--sizes`` image size, with
 0 workers (loading in the training process itself, so the figure is per core) and with
-``--workers`` workers, reading the JPEG files or the RAM image cache (yolodist's
+``--workers`` workers, reading (``--sources``) the JPEG files, the RAM image cache (yolodist's
 ``cache_images="ram"``, filled by the dataset's ``prepare_cache()`` before the loader starts, as the
-trainer does; upstream's ``cache='ram'``, filled by its dataset's constructor). yolodist is measured
+trainer does; upstream's ``cache='ram'``, filled by its dataset's constructor) or the disk image cache
+(``"disk"`` on both sides, made the same way; yolodist's one file of resized images beside the label
+cache, upstream's ``.npy`` per image of the decoded full-size image beside it; both are kept, as for
+the next training, and on a machine with free memory both are read from the page cache). yolodist is measured
 as train.py trains on a GPU by default: the HSV jitter left to the GPU after batching, JPEGs at least
 twice the image size shrunk by the decoder; every variant also with ``--hsv-jitter loader`` (the
 jitter in the loader, train.py's default on a CPU), and the JPEG variants with ``--no-scaled-decode``
@@ -47,6 +51,7 @@ import contextlib
 import json
 import math
 import os
+import shutil
 import socket
 import statistics
 import subprocess
@@ -67,6 +72,7 @@ PARTS = ("speed", "memory")
 # simplejpeg (JPEG variants only: a cache holds decoded pixels).
 IMPLS = ("yolodist", "hsv-loader", "full-decode", "cv2-decode", "upstream")
 JPEG_ONLY = ("full-decode", "cv2-decode")
+SOURCES = ("jpeg", "ram", "disk")  # the files, the RAM image cache, the disk image cache
 COLUMNS = {
     "yolodist": "yolodist",
     "hsv-loader": "--hsv-jitter loader",
@@ -101,12 +107,12 @@ def find_upstream(venv: Path) -> Path | None:
 
 
 def loader_rate(
-    impl: str, images: Path, img: int, workers: int, cache: bool, args: argparse.Namespace, upstream: Path | None
+    impl: str, images: Path, img: int, workers: int, source: str, args: argparse.Namespace, upstream: Path | None
 ) -> dict:
     """One measurement by bench/loader_rate.py in a fresh process; its JSON line."""
     flags = ["--impl", impl, "--images", str(images), "--img", str(img), "--batch", str(BATCH)]
     flags += ["--workers", str(workers), "--batches", str(args.batches), "--warmup", "1"]
-    flags += ["--cache"] if cache else []
+    flags += ["--cache", source] if source != "jpeg" else []
     if impl == "full-decode":
         flags = ["--impl", "yolodist", *flags[2:], "--no-scaled-decode"]
     if impl == "hsv-loader":
@@ -125,28 +131,45 @@ def loader_rate(
     return json.loads(lines[-1])
 
 
-def variant_name(img: int, workers: int, cache: bool) -> str:
-    return f"{img}px {workers}w {'ram' if cache else 'jpeg'}"
+def variant_name(img: int, workers: int, source: str) -> str:
+    return f"{img}px {workers}w {source}"
+
+
+def upstream_disk_copy(root: Path) -> Path:
+    """A copy of upstream's side of the data for its disk cache.
+
+    Upstream reads an image's ``.npy`` whenever one lies beside it, cache or not, so the disk cache's
+    files must never sit beside the JPEGs its other variants read.
+    """
+    copy = root.with_name(root.name + "-disk-cache")
+    if not (copy / "done").is_file():
+        shutil.rmtree(copy, ignore_errors=True)
+        shutil.copytree(root, copy, ignore=shutil.ignore_patterns("*.npy", "*.cache"))
+        (copy / "done").touch()
+    return copy
 
 
 def measure_speed(data: dict[str, Path], args: argparse.Namespace, upstream: Path | None) -> list[dict]:
     impls = [i for i in IMPLS if i != "upstream" or upstream]
-    images = {impl: data[impl if impl == "upstream" else "yolodist"].parent / "images" / "train" for impl in impls}
+    roots = {impl: data[impl if impl == "upstream" else "yolodist"].parent for impl in impls}
+    if upstream and "disk" in args.sources:
+        roots["upstream-disk"] = upstream_disk_copy(roots["upstream"])
     workers = sorted({0, args.workers})
-    variants = [(img, w, cache) for img in args.sizes for w in workers for cache in (False, True)]
+    variants = [(img, w, source) for img in args.sizes for w in workers for source in args.sources]
     runs: dict[tuple, dict[str, list[dict]]] = {v: {i: [] for i in impls} for v in variants}
     for r in range(args.rounds):
         order = impls if r % 2 == 0 else impls[::-1]
         for v in variants:
             for impl in order:
-                if impl in JPEG_ONLY and v[2]:
+                if impl in JPEG_ONLY and v[2] != "jpeg":
                     continue
-                res = loader_rate(impl, images[impl], *v, args, upstream)
+                root = roots["upstream-disk" if impl == "upstream" and v[2] == "disk" else impl]
+                res = loader_rate(impl, root / "images" / "train", *v, args, upstream)
                 runs[v][impl].append(res)
                 print(f"round {r} {variant_name(*v):>16} {impl:>9}: {res['images_per_s']:7.1f} images/s", flush=True)
     results = []
-    for (img, w, cache), by_impl in runs.items():
-        row = {"part": "speed", "img": img, "workers": w, "cache": "ram" if cache else None}
+    for (img, w, source), by_impl in runs.items():
+        row = {"part": "speed", "img": img, "workers": w, "cache": None if source == "jpeg" else source}
         for impl in IMPLS:
             rates = [x["images_per_s"] for x in by_impl.get(impl, [])]
             row[impl] = summary(rates) if rates else None
@@ -333,7 +356,7 @@ def report(results: list[dict], args: argparse.Namespace, upstream: Path | None)
                 s = r[impl]
                 cells.append(f"{s['median']:7.1f} [{s['min']:.1f}, {s['max']:.1f}]" if s else "-")
             ratio = f"{r['ratio']:.2f}x" if r["ratio"] else "-"
-            name = variant_name(r["img"], r["workers"], r["cache"])
+            name = variant_name(r["img"], r["workers"], r["cache"] or "jpeg")
             print(f"{name:>16}  " + "  ".join(f"{c:>24}" for c in cells) + f"  {ratio}")
     memory = [r for r in results if r["part"] == "memory_summary"]
     if memory:
@@ -358,6 +381,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=256, help="training images generated")
     parser.add_argument("--source-size", type=int, default=640, help="width of the generated JPEGs")
     parser.add_argument("--sizes", type=int, nargs="+", default=[320, 640], help="training image sizes (speed)")
+    parser.add_argument("--sources", nargs="+", choices=SOURCES, default=list(SOURCES), help="what the loader reads")
     parser.add_argument("--workers", type=int, default=2, help="the N of the 0-vs-N worker variants")
     parser.add_argument("--batches", type=int, default=20, help="timed batches per measurement")
     parser.add_argument("--rounds", type=int, default=3)

@@ -1,7 +1,7 @@
 """Images/s of one training dataloader, yolodist's or upstream YOLOv5 7.0's, printed as one JSON line.
 
     PYTHON bench/loader_rate.py --impl yolodist|upstream --images DIR --img 640 [--batch 16]
-                                [--workers 2] [--cache] [--batches 20] [--warmup 1]
+                                [--workers 2] [--cache [ram|disk]] [--batches 20] [--warmup 1]
                                 [--no-scaled-decode] [--no-simplejpeg] [--hsv-jitter device|loader]
 
 bench/input_pipeline.py runs this once per measurement, with upstream's virtual environment's Python
@@ -11,7 +11,9 @@ hyperparameters of hyp.scratch-low, shuffled, ``--workers`` worker processes (0:
 yolodist's with the HSV jitter left to the training device (train.py's default on CUDA; ``--hsv-jitter
 loader``: in the loader, its default on a CPU; the jitter after batching is not part of this figure),
 and with ``--cache`` the RAM image cache (yolodist's ``cache_images="ram"`` made by the dataset's
-``prepare_cache()``, upstream's ``cache='ram'``), filled before the loader starts and not timed.
+``prepare_cache()``, upstream's ``cache='ram'``), filled before the loader starts and not timed;
+``--cache disk`` the disk cache the same way (yolodist's one file beside the label cache, upstream's
+``.npy`` file per image beside the image), kept for the next measurement as for the next training.
 The loader is iterated endlessly over epochs, as training does; ``--warmup`` batches are taken first
 (worker start-up), then ``--batches`` are timed.
 
@@ -58,7 +60,7 @@ def yolodist_loader(args: argparse.Namespace) -> tuple[Iterator, int, float]:
         augment=True,
         hyp=hyp,
         batch_size=args.batch,
-        cache_images="ram" if args.cache else None,
+        cache_images=args.cache,
         seed=0,
         workers=args.workers,
         prefix="train: ",
@@ -96,7 +98,7 @@ def upstream_loader(args: argparse.Namespace) -> tuple[Iterator, int, float]:
         32,
         hyp=hyp,
         augment=True,
-        cache="ram" if args.cache else None,
+        cache=args.cache,
         rank=-1,
         workers=args.workers,
         prefix="train: ",
@@ -127,7 +129,9 @@ def main() -> None:
     parser.add_argument("--img", type=int, default=640)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--cache", action="store_true", help="the RAM image cache")
+    parser.add_argument(
+        "--cache", nargs="?", const="ram", choices=("ram", "disk"), help="the image cache (no value: ram)"
+    )
     parser.add_argument("--batches", type=int, default=20, help="timed batches")
     parser.add_argument("--warmup", type=int, default=1, help="batches before the timing starts")
     parser.add_argument(
@@ -167,7 +171,7 @@ def main() -> None:
         "images_per_s": images / seconds,
         "images": images,
         "seconds": seconds,
-        "setup_s": setup,  # dataset scan and loader; a RAM cache made before the first batch fills here
+        "setup_s": setup,  # dataset scan and loader; a cache made before the first batch fills here
         "warmup_s": warmed - started,
         "workers": workers,
         # whether the batches left the HSV jitter to the training device (yolodist's Batch.hsv tables)

@@ -82,7 +82,7 @@ def test_input_pipeline_bench_times_loaders_and_measures_training_memory(tmp_pat
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     results = json.loads(out.read_text())["results"]
     speed = [r for r in results if r["part"] == "speed"]
-    assert [(r["img"], r["workers"], r["cache"]) for r in speed] == [(96, 0, None), (96, 0, "ram")]
+    assert [(r["img"], r["workers"], r["cache"]) for r in speed] == [(96, 0, None), (96, 0, "ram"), (96, 0, "disk")]
     for r in speed:
         assert r["upstream"] is None and r["ratio"] is None
         (run,) = r["rounds"]["yolodist"]
@@ -94,7 +94,11 @@ def test_input_pipeline_bench_times_loaders_and_measures_training_memory(tmp_pat
     # So is cv2's JPEG decode, against simplejpeg's (the default).
     assert speed[0]["rounds"]["cv2-decode"][0]["jpeg_decoder"] == "cv2"
     assert speed[0]["rounds"]["yolodist"][0]["jpeg_decoder"] == "simplejpeg"
-    assert speed[1]["cv2-decode"] is None and not speed[1]["rounds"]["cv2-decode"]
+    assert all(r["cv2-decode"] is None and not r["rounds"]["cv2-decode"] for r in speed[1:])
+    assert speed[2]["full-decode"] is None
+    # The disk cache: yolodist's one file beside the label cache, kept for the next run.
+    (imcache,) = (tmp_path / "work").rglob("*.imcache")
+    assert imcache.parent.name == "labels" and imcache.stat().st_size >= 16 * 96 * 72 * 3
     # The jitter in the loader (train.py's CPU default) beside the default (left to the GPU), on every variant.
     assert all(r["hsv-loader"]["median"] > 0 and len(r["rounds"]["hsv-loader"]) == 1 for r in speed)
     assert all(r["rounds"]["yolodist"][0]["hsv_after_batching"] for r in speed)
